@@ -1,0 +1,33 @@
+# The README's two commands: `make workbook` (PROFILE=cpu by default) and `make test`.
+PROFILE ?= cpu
+RUN ?= runs/$(PROFILE)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PUBLISH := $(if $(filter cpu,$(PROFILE)),--publish-figures figures,)
+
+.PHONY: install workbook test lab bench clean-runs
+
+# Bootstraps .venv when missing; re-runs pip only when pyproject.toml changed (idempotent).
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+workbook: install
+	$(PY) -m zoomdx_lib.pipeline --profile $(PROFILE) --out $(RUN) $(PUBLISH) $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: install
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean-runs:
+	rm -rf runs/

@@ -1,0 +1,91 @@
+"""The offline tiny Qwen2.5-VL: save/load, a two-turn two-image forward/backward, generate, LoRA scope."""
+import torch
+
+from zoomdx_lib import chat
+from zoomdx_lib.models import (LORA_TARGET_REGEX, UnsafeCheckpointError, check_safetensors_only, load_model_and_processor,
+                               lora_config, parameter_report)
+from zoomdx_lib.sft import encode_conversation, sft_loss
+
+TURN1 = '<think>Scanning the image.</think>\n<tool_call>{"bbox_2d": [52, 84, 126, 140]}</tool_call>'
+TURN2 = '<think>Darker than the surrounding tissue.</think>\n<answer>{"echo": "Hypoechoic"}</answer>'
+
+
+def _example(processor, image):
+    text = chat.dialogue_text(processor, "Analyze the echo feature of the ultrasound image.", TURN1, TURN2)
+    crop = image.crop((60, 90, 140, 150)).resize((112, 112))
+    return encode_conversation(processor, text, [image, crop])
+
+
+def test_save_and_reload_identical(tiny_path, tiny):
+    model, _ = tiny
+    again, processor = load_model_and_processor(tiny_path)
+    for (n, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n
+    assert processor.tokenizer.convert_tokens_to_ids("<tool_call>") != processor.tokenizer.unk_token_id
+    for tag in ("<tool_call>", "</tool_call>", "<think>", "</think>", "<answer>", "</answer>"):
+        assert processor.tokenizer.tokenize(tag) == [tag]
+
+
+def test_two_turn_two_image_forward_backward(tiny, speckle_image):
+    model, processor = tiny
+    ex = _example(processor, speckle_image)
+    assert len(ex.images) == 2 and sum(ex.mask) > 0
+    n_img = sum(1 for t in ex.ids if t == processor.image_token_id)
+    merge = processor.image_processor.merge_size ** 2
+    assert n_img == sum(int(g.prod()) // merge for _, g in ex.images)
+    model.zero_grad()
+    loss = sft_loss(model, [ex, ex], processor)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert grads["model.visual.patch_embed.proj.weight"].abs().sum() > 0  # the images reach the loss
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "merger" in n)
+    model.zero_grad()
+
+
+def test_mrope_positions_need_mm_token_type_ids(tiny, speckle_image):
+    model, processor = tiny
+    ex = _example(processor, speckle_image)
+    inputs = chat.model_inputs([ex.ids], [ex.images], processor)
+    with torch.no_grad():
+        with_types = model(**inputs).logits
+        inputs.pop("mm_token_type_ids")
+        without = model(**inputs).logits
+    # chat.model_inputs always adds the ids; this documents why (3-D mRoPE positions)
+    assert not torch.allclose(with_types, without)
+
+
+def test_generate_on_two_image_dialogue(tiny, speckle_image):
+    model, processor = tiny
+    text = chat.render_prompt(processor, "Describe the shape of the lesion.")
+    enc = processor(text=[text], images=[speckle_image.convert("RGB")], return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=6, do_sample=False)
+    assert out.shape[1] > enc["input_ids"].shape[1]
+
+
+def test_lora_freezes_vision_tower_and_trains_merger(tiny_path):
+    from peft import get_peft_model
+    model, _ = load_model_and_processor(tiny_path)
+    peft_model = get_peft_model(model, lora_config(rank=8, alpha=16))
+    report = parameter_report(peft_model)
+    assert report["trainable_vision_blocks"] == 0
+    for name, p in peft_model.named_parameters():
+        if ".visual." in name and ".merger." not in name:
+            assert not p.requires_grad, name
+        if "lora_" in name:
+            assert p.requires_grad and "language_model.layers" in name, name
+    merger_trainable = [n for n, p in peft_model.named_parameters() if "merger" in n and p.requires_grad]
+    assert merger_trainable, "the vision->language merger must be trained"
+    lm_lora = [n for n, _ in peft_model.named_parameters() if "lora_A" in n]
+    assert len(lm_lora) == 7 * model.config.text_config.num_hidden_layers  # q,k,v,o,gate,up,down per layer
+    assert LORA_TARGET_REGEX.startswith(".*language_model")
+
+
+def test_pickle_only_checkpoint_refused(tmp_path):
+    torch.save({"w": torch.zeros(2)}, tmp_path / "pytorch_model.bin")
+    try:
+        check_safetensors_only(tmp_path)
+    except UnsafeCheckpointError as err:
+        assert "safetensors" in str(err) and "pytorch_model.bin" in str(err)
+    else:
+        raise AssertionError("a pickle-only checkpoint must be refused")

@@ -1,0 +1,439 @@
+"""Synthetic B-mode ultrasound cases whose lesion attributes follow from known latent values.
+
+Physics, in the order it runs (all on an RF grid: depth samples x scan lines, float32):
+1. tissue backscatter amplitude map (organ layers, vessels, the lesion) and a per-sample
+   attenuation map; the round-trip attenuation is the cumulative sum along each beam, so a
+   cyst (low attenuation) brightens what lies behind it and a dense lesion shadows it;
+   time-gain compensation undoes most, not all, of the background attenuation;
+2. scatterers: Gaussian random amplitudes (dense scatterers give fully developed speckle),
+   modulated by a coarser log-normal texture field, plus electronic noise (amplified by TGC);
+3. point-spread function: Gaussian lateral beam (wider away from focus), then a
+   Gaussian-windowed cosine pulse along depth applied in the Fourier domain *together with*
+   the Hilbert transform and IQ decimation, so one FFT pair gives the envelope;
+4. scan conversion to the output image (rectangle for linear probes, fan for convex ones)
+   and log compression to 8 bit.
+Each attribute has a continuous latent value (echo: lesion/tissue backscatter contrast in
+dB; shape: aspect ratio and low-frequency radial irregularity; margin: edge blur/spiculation
+0-1); its class follows from fixed boundaries, and two simulated sonographers read the latent
+value through their own noise and bias. Determinism: only numpy.random.default_rng(seed).
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Iterator, Union
+
+import numpy as np
+from PIL import Image
+from scipy import fft as sfft
+from scipy.ndimage import gaussian_filter1d
+
+from .schema import ATTRIBUTE_LABELS, ATTRIBUTES, Sample
+
+# Geometry in units of the output size S; PSF in RF samples at S=256 (scaled with S).
+ORGAN_PRESETS: dict[str, dict] = {
+    "liver": dict(probe="convex", half_angle=0.55, top=0.03, apex_radius=0.10, wavelength=5.0, cycles=0.9,
+                  beam=1.6, focus=0.5, atten_db=32.0, texture=0.45, texture_scale=3.0, dynamic_range=55.0,
+                  lesion_depth=(0.22, 0.95), vessels=(0, 3)),
+    "breast": dict(probe="linear", wavelength=3.6, cycles=0.8, beam=1.4, focus=0.45, atten_db=22.0,
+                   texture=0.25, texture_scale=3.0, dynamic_range=55.0, lesion_depth=(0.22, 0.8), vessels=(0, 0)),
+    "thyroid": dict(probe="linear", wavelength=3.0, cycles=0.8, beam=1.1, focus=0.5, atten_db=18.0,
+                    texture=0.08, texture_scale=2.0, dynamic_range=50.0, lesion_depth=(0.25, 0.8), vessels=(0, 0)),
+}
+# Class boundaries of the latent values and the interval each class is drawn from.
+ECHO_DB = {"Anechoic": (-40.0, -24.0), "Hypoechoic": (-24.0, -6.0), "Isoechoic": (-6.0, 5.0), "Hyperechoic": (5.0, 16.0)}
+T_ROUND, T_IRREG, T_MARGIN = 1.3, 0.10, 0.4      # aspect ratio; RMS radial deviation; blur/spiculation 0-1
+ASPECT_MAX, IRREG_MAX = 2.0, 0.24
+# Rater model per attribute: latent keys, noise sd and the two raters' fixed biases (latent units).
+RATERS = {
+    "echo": dict(keys=("echo_db",), sd=(3.2,), bias=((1.0,), (-1.0,))),
+    "shape": dict(keys=("shape_aspect", "shape_irregularity"), sd=(0.09, 0.03), bias=((0.02, 0.006), (-0.02, -0.006))),
+    "margin": dict(keys=("margin_blur",), sd=(0.15,), bias=((0.03,), (-0.03,))),
+}
+EASY_DISTANCE = 2.5   # a case is easy (difficulty 0) once it is this many rater sds from every boundary
+
+
+def _classify(attribute: str, v: dict) -> str:
+    """Class of `attribute` for latent values `v` (keys of RATERS[attribute]['keys'])."""
+    if attribute == "echo":
+        db = v["echo_db"]
+        return next((k for k, (lo, hi) in ECHO_DB.items() if db < hi), "Hyperechoic")
+    if attribute == "shape":
+        if v["shape_irregularity"] >= T_IRREG:
+            return "Irregular"
+        return "Round" if v["shape_aspect"] < T_ROUND else "Oval"
+    return "Not circumscribed" if v["margin_blur"] >= T_MARGIN else "Circumscribed"
+
+
+def _closeness(attribute: str, v: dict) -> float:
+    """1 on a class boundary, falling linearly to 0 at EASY_DISTANCE rater sds from the nearest one."""
+    sd = RATERS[attribute]["sd"]
+    if attribute == "echo":
+        d = min(abs(v["echo_db"] - b) for b in (-24.0, -6.0, 5.0)) / sd[0]
+    elif attribute == "shape":
+        d_irr = abs(v["shape_irregularity"] - T_IRREG) / sd[1]
+        d = d_irr if v["shape_irregularity"] >= T_IRREG else min(d_irr, abs(v["shape_aspect"] - T_ROUND) / sd[0])
+    else:
+        d = abs(v["margin_blur"] - T_MARGIN) / sd[0]
+    return float(max(0.0, 1.0 - d / EASY_DISTANCE))
+
+
+@dataclass
+class SynthCase:
+    """One synthetic case. Pixel quantities are in output-image pixels (x right, y down).
+
+    image: uint8 (size, size); box: tight lesion box (x1, y1, x2, y2), x2 = max_col + 1;
+    mask: bool lesion mask; attributes: true class per attribute; latent: echo_db (dB),
+    shape_aspect (>=1), shape_irregularity (RMS radial deviation, fraction of radius),
+    margin_blur (0-1), noise (0-1), atten_ratio (lesion/tissue attenuation);
+    difficulty: per attribute in [0, 1]; fov: bool visible region (the fan for convex probes).
+    """
+
+    image: np.ndarray
+    box: tuple[float, float, float, float]
+    mask: np.ndarray
+    organ: str
+    attributes: dict[str, str]
+    latent: dict[str, float]
+    difficulty: dict[str, float]
+    seed: int
+    fov: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def _check_organ(organ: str) -> dict:
+    if organ not in ORGAN_PRESETS:
+        raise ValueError(f"unknown organ {organ!r}; expected one of {sorted(ORGAN_PRESETS)}")
+    return ORGAN_PRESETS[organ]
+
+
+def _check_attribute(attribute: str) -> None:
+    if attribute not in ATTRIBUTE_LABELS:
+        raise ValueError(f"unknown attribute {attribute!r}; expected one of {ATTRIBUTES}")
+
+
+@lru_cache(maxsize=64)
+def _interp(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) linear-interpolation matrix (float32) that upsamples a 1-D signal."""
+    pos = np.linspace(0, n_in - 1, n_out)
+    i0 = np.minimum(pos.astype(int), n_in - 2)
+    m = np.zeros((n_out, n_in), np.float32)
+    m[np.arange(n_out), i0] = 1 - (pos - i0)
+    m[np.arange(n_out), i0 + 1] = pos - i0
+    return m
+
+
+def _smooth_field(rng, shape, cells) -> np.ndarray:
+    """Zero-mean random field of roughly unit sd that varies over `cells` RF samples."""
+    lo = rng.standard_normal((max(2, int(shape[0] / cells) + 2), max(2, int(shape[1] / cells) + 2)), dtype=np.float32)
+    f = _interp(shape[0], lo.shape[0]) @ lo @ _interp(shape[1], lo.shape[1]).T
+    return f * np.float32(1.6)
+
+
+@lru_cache(maxsize=16)
+def _geometry(organ: str, S: int) -> dict:
+    """RF grid and scan conversion for a preset at output size S (cached, read-only)."""
+    p, dr = ORGAN_PRESETS[organ], 0.5
+    if p["probe"] == "linear":
+        n_ax, n_lat = 2 * S, S
+        X = np.broadcast_to(np.arange(n_lat, dtype=np.float32) + 0.5, (n_ax, n_lat))
+        Y = np.broadcast_to((np.arange(n_ax, dtype=np.float32) * dr + 0.5)[:, None], (n_ax, n_lat))
+        g = dict(convex=False, depth_px=S, fov=np.ones((S, S), bool))
+    else:
+        tm, r0 = p["half_angle"], p["apex_radius"] * S
+        apex_y = p["top"] * S - r0
+        r_far = min(0.49 * S / np.sin(tm), S - 1 - apex_y)
+        n_ax, n_lat = int(2 * (r_far - r0)) // 2 * 2, int(0.75 * S)
+        dth = 2 * tm / n_lat
+        rho = r0 + np.arange(n_ax, dtype=np.float32) * dr
+        th = -tm + (np.arange(n_lat, dtype=np.float32) + 0.5) * dth
+        X, Y = S / 2 + rho[:, None] * np.sin(th), apex_y + rho[:, None] * np.cos(th)
+        yy, xx = np.mgrid[0:S, 0:S] + 0.5
+        prho, pth = np.hypot(xx - S / 2, yy - apex_y), np.arctan2(xx - S / 2, yy - apex_y)
+        fi, fj = (prho - r0) / (2 * dr), (pth + tm) / dth - 0.5          # envelope rows are every 2nd RF row
+        fov = (fi >= 0) & (fi <= n_ax // 2 - 1) & (np.abs(pth) <= tm)
+        flat = np.flatnonzero(fov)
+        fi, fj = fi.ravel()[flat], np.clip(fj.ravel()[flat], 0, n_lat - 1)
+        i0, j0 = np.minimum(fi.astype(int), n_ax // 2 - 2), np.minimum(fj.astype(int), n_lat - 2)
+        g = dict(convex=True, depth_px=r_far - r0, fov=fov, flat=flat, i0=i0, j0=j0,
+                 wi=(fi - i0).astype(np.float32), wj=(fj - j0).astype(np.float32),
+                 apex=(S / 2, apex_y), r0=r0, r_far=r_far, half_angle=tm, dth=dth)
+    g.update(n_ax=n_ax, n_lat=n_lat, dr=dr, X=np.ascontiguousarray(X, np.float32),
+             Y=np.ascontiguousarray(Y, np.float32), depth=(np.arange(n_ax) * dr / g["depth_px"]).astype(np.float32),
+             lat=((np.arange(n_lat) + 0.5) / n_lat).astype(np.float32))
+    # analytic pulse band (f >= 0 only) and where each bin lands after IQ demodulation by 2
+    pad = int(4 * p["wavelength"] * p["cycles"] * S / 256) + 8
+    n_fft = sfft.next_fast_len(n_ax + pad) // 2 * 2
+    lam, sig = p["wavelength"] * S / 256, p["wavelength"] * p["cycles"] * S / 256
+    f = np.arange(n_fft // 2 + 1) / n_fft
+    h = np.exp(-2 * (np.pi * sig * (f - 1 / lam)) ** 2) + np.exp(-2 * (np.pi * sig * (f + 1 / lam)) ** 2)
+    band = np.flatnonzero(h > 1e-3 * h.max())
+    k0 = int(round(n_fft / lam))
+    g.update(n_fft=n_fft, band=band, h=h[band].astype(np.complex64)[:, None], dest=(band - k0) % (n_fft // 2))
+    return g
+
+
+def _wavy(rng, lat, amp) -> np.ndarray:
+    """Smooth random 1-D profile over the lateral coordinate lat (0-1), amplitude ~amp."""
+    k = rng.uniform(0.5, 3.0, 3)
+    return (amp * np.sin(2 * np.pi * (k[:, None] * lat + rng.random((3, 1))))).sum(0).astype(np.float32) / 1.7
+
+
+def _layers(organ: str, g: dict, rng, S: int):
+    """Background backscatter amplitude (tissue = 1) and attenuation multiplier maps."""
+    d, lat, X, Y = g["depth"][:, None], g["lat"], g["X"], g["Y"]
+    line = lambda z, w=0.004: np.exp(-((d - z) / w) ** 2)
+    alpha = np.ones_like(X)
+    if organ == "breast":
+        z1 = 0.12 + 0.1 * rng.random() + _wavy(rng, lat, 0.04)
+        z2 = 0.62 + 0.12 * rng.random() + _wavy(rng, lat, 0.05)
+        z3 = z2 + 0.06 + _wavy(rng, lat, 0.02)
+        band = 1 + 0.45 * np.sin(2 * np.pi * (d * rng.uniform(9, 14) + _wavy(rng, lat, 0.6)))
+        cooper = 1 + 2.5 * (np.sin(2 * np.pi * (d * 7 + 1.5 * _wavy(rng, lat, 0.8))) > 0.93)
+        muscle = 0.55 * (1 + 0.6 * np.sin(2 * np.pi * (d * 38 + _wavy(rng, lat, 0.5))))
+        B = np.where(d < z1, 0.4 * cooper, np.where(d < z2, band, np.where(d < z3, 0.4, muscle)))
+        B = B + 3.0 * line(0.012, 0.006)
+    elif organ == "thyroid":
+        z1, z2 = 0.14 + 0.06 * rng.random() + _wavy(rng, lat, 0.02), 0.82 + 0.08 * rng.random() + _wavy(rng, lat, 0.03)
+        strap = 0.4 * (1 + 0.5 * np.sin(2 * np.pi * (d * 45 + _wavy(rng, lat, 0.3))))
+        B = np.where(d < z1, strap, np.where(d < z2, 1.0, 0.35)) + 2.5 * line(0.01, 0.005) + 1.2 * line(z1, 0.006)
+    else:
+        z1 = 0.05 + 0.03 * rng.random() + _wavy(rng, lat, 0.01)
+        z2 = z1 + 0.04 + 0.03 * rng.random()
+        muscle = 0.5 * (1 + 0.5 * np.sin(2 * np.pi * d * 70))
+        B = np.where(d < z1, 0.35, np.where(d < z2, muscle, 1.0)) + 2.0 * line(z1, 0.005) + 2.5 * line(z2, 0.005)
+    return B.astype(np.float32), alpha
+
+
+def _tube(X, Y, p, ang, r, alpha, B, wall):
+    """Composite an anechoic tube (vessel) through point p at angle ang, radius r (pixels)."""
+    dist = np.abs((X - p[0]) * np.sin(ang) - (Y - p[1]) * np.cos(ang))
+    w = np.clip(r - dist + 0.5, 0, 1)
+    B *= 1 - 0.97 * w
+    if wall:
+        B += wall * np.exp(-((dist - r) / 1.2) ** 2)
+    alpha -= 0.8 * w
+
+
+def _lesion_fields(L: dict, x, y):
+    """Soft inside weight (0.5 on the edge), halo ring and hard mask at points (x, y) in pixels."""
+    dx, dy = x - L["cx"], y - L["cy"]
+    c, s = np.cos(L["theta"]), np.sin(L["theta"])
+    u, v = (dx * c + dy * s) / L["a"], (-dx * s + dy * c) / L["b"]
+    rho, phi = np.hypot(u, v), np.arctan2(v, u)
+    r = 1.0 + sum(A * np.cos(k * phi + ph) for k, A, ph in L["harm"])
+    for ang, h, wdt in L["spikes"]:
+        r = r + h * np.exp(-((((phi - ang + np.pi) % (2 * np.pi)) - np.pi) / wdt) ** 2)
+    t = (r - rho) / L["blur"]
+    return 0.5 + 0.5 * np.tanh(0.5 * t), np.exp(-(((rho - r) / 0.07) ** 2)), rho <= r
+
+
+def _draw_latent(rng, forced: dict, noise: float) -> tuple[dict, dict]:
+    cls = {}
+    for a in ATTRIBUTES:
+        labels = ATTRIBUTE_LABELS[a]
+        cls[a] = forced.get(a) or labels[int(rng.integers(len(labels)))]
+    lat = {"echo_db": float(rng.uniform(*ECHO_DB[cls["echo"]]))}
+    irr_lo, irr_hi = (T_IRREG, IRREG_MAX) if cls["shape"] == "Irregular" else (0.0, T_IRREG)
+    ar_lo, ar_hi = {"Round": (1.0, T_ROUND), "Oval": (T_ROUND, ASPECT_MAX)}.get(cls["shape"], (1.0, 1.9))
+    lat.update(shape_aspect=float(rng.uniform(ar_lo, ar_hi)), shape_irregularity=float(rng.uniform(irr_lo, irr_hi)))
+    lat["margin_blur"] = float(rng.uniform(*((0.0, T_MARGIN) if cls["margin"] == "Circumscribed" else (T_MARGIN, 1.0))))
+    lat["noise"] = noise
+    return cls, lat
+
+
+def generate_case(seed: int, organ: str = "liver", size: int = 256, attribute_classes: dict | None = None) -> SynthCase:
+    """Simulate one B-mode image of `organ` (size x size pixels) with one lesion.
+
+    attribute_classes forces classes, e.g. {"echo": "Hypoechoic"}; the others are drawn
+    uniformly. The latent value is then drawn uniformly inside the class interval. Returns a
+    SynthCase whose box is the tight box of the mask in output pixels. Deterministic in
+    (seed, organ, size, attribute_classes). Raises ValueError for an unknown organ/attribute/class.
+    """
+    p = _check_organ(organ)
+    if size < 64:
+        raise ValueError(f"size must be >= 64 pixels, got {size}")
+    forced = dict(attribute_classes or {})
+    for a, c in forced.items():
+        _check_attribute(a)
+        if c not in ATTRIBUTE_LABELS[a]:
+            raise ValueError(f"unknown {a} class {c!r}; expected one of {ATTRIBUTE_LABELS[a]}")
+    S, rng = int(size), np.random.default_rng(seed)
+    g = _geometry(organ, S)
+    cls, lat = _draw_latent(rng, forced, float(rng.random()))
+    # lesion geometry: major diameter 12-35 % of the width, harmonics for irregularity, spikes for margin
+    a = rng.uniform(0.06, 0.175) * S
+    k = np.array([3, 4, 5])
+    w = rng.uniform(0.3, 1.0, 3)
+    amps = w * lat["shape_irregularity"] * np.sqrt(2) / np.linalg.norm(w)
+    m = lat["margin_blur"]
+    n_sp = int(rng.integers(6, 14))
+    spikes = [(rng.uniform(-np.pi, np.pi), m ** 1.5 * rng.uniform(0.08, 0.3), rng.uniform(0.05, 0.1)) for _ in range(n_sp)]
+    L = dict(a=a, b=a / lat["shape_aspect"], theta=rng.uniform(-0.4, 0.4), blur=0.01 + 0.12 * m,
+             harm=list(zip(k, amps, rng.uniform(0, 2 * np.pi, 3))), spikes=spikes)
+    R = a * (1 + amps.sum() + max(h for _, h, _ in spikes)) + 2.0          # bounds every mask pixel
+    lo, hi = p["lesion_depth"]
+    if g["convex"]:
+        r0, rf, tm = g["r0"], g["r_far"], g["half_angle"]
+        rho = rng.uniform(min(r0 + lo * (rf - r0) + R, rf - R - 2), rf - R - 2)
+        th_max = max(0.0, tm - np.arcsin(min(1.0, (R + 2) / rho)))
+        th = rng.uniform(-th_max, th_max)
+        L["cx"], L["cy"] = g["apex"][0] + rho * np.sin(th), g["apex"][1] + rho * np.cos(th)
+    else:
+        L["cx"] = rng.uniform(R + 2, S - R - 2)
+        L["cy"] = rng.uniform(min(lo * S + R, S - R - 2), max(min(hi * S, S - R - 2), min(lo * S + R, S - R - 2)))
+    # tissue, vessels, lesion on the RF grid
+    B, alpha = _layers(organ, g, rng, S)
+    X, Y = g["X"], g["Y"]
+    for _ in range(int(rng.integers(p["vessels"][0], p["vessels"][1] + 1))):
+        pt, ang, rv = rng.uniform(0.15 * S, 0.85 * S, 2), rng.uniform(0, np.pi), rng.uniform(0.012, 0.035) * S
+        if abs((L["cx"] - pt[0]) * np.sin(ang) - (L["cy"] - pt[1]) * np.cos(ang)) > R + rv + 0.03 * S:
+            _tube(X, Y, pt, ang, rv, alpha, B, rng.choice([0.0, 1.5]))
+    if organ == "thyroid":                                            # carotid artery on the far side
+        side = 0.1 * S if L["cx"] > S / 2 else 0.9 * S
+        cy, rc = rng.uniform(0.4, 0.6) * S, rng.uniform(0.07, 0.1) * S
+        if np.hypot(L["cx"] - side, L["cy"] - cy) > R + rc + 4:
+            dist = np.hypot(X - side, Y - cy)
+            wc = np.clip(rc - dist + 0.5, 0, 1)
+            B *= 1 - 0.98 * wc
+            B += 1.5 * np.exp(-((dist - rc) / 1.5) ** 2)
+            alpha -= 0.9 * wc
+    ri, rj = _rf_window(g, L["cx"], L["cy"], R)
+    wl, halo, _ = _lesion_fields(L, X[ri, rj], Y[ri, rj])
+    b_ref = float(B[ri, rj].mean())
+    echo = cls["echo"]
+    halo_gain = rng.uniform(-0.7, -0.4) if rng.random() < 0.6 else rng.uniform(0.8, 1.5)
+    halo_gain *= 1.0 if echo == "Isoechoic" else (rng.random() < 0.3) * 0.6
+    shadow = (echo == "Hyperechoic" and rng.random() < 0.35) or (
+        echo == "Hypoechoic" and (cls["shape"] == "Irregular" or cls["margin"] != "Circumscribed") and rng.random() < 0.4)
+    f_att = rng.uniform(3.0, 6.0) if shadow else {"Anechoic": rng.uniform(0.0, 0.2)}.get(echo, rng.uniform(0.8, 1.3))
+    lat["atten_ratio"] = float(f_att)
+    inside = np.float32(10 ** (lat["echo_db"] / 20) * b_ref)
+    B[ri, rj] = (B[ri, rj] * (1 - wl) + inside * wl) * (1 + halo_gain * halo)
+    alpha[ri, rj] += (f_att - 1) * wl
+    s_in = p["texture"] * (rng.choice([0.2, 2.5]) if echo == "Isoechoic" else rng.uniform(0.6, 1.5))
+    # scatterer amplitude: tissue x texture x attenuation x TGC, with electronic noise
+    n_ax, n_lat, dr = g["n_ax"], g["n_lat"], g["dr"]
+    kpx = p["atten_db"] * np.log(10) / 20 / g["depth_px"]
+    cum = np.cumsum(alpha - 1, axis=0) * np.float32(kpx * dr)
+    dpx = g["depth"] * g["depth_px"]
+    tgc = (kpx * dpx * rng.uniform(0.7, 0.92) + 0.15 * _wavy(rng, g["depth"], 1.0)).astype(np.float32)
+    tex = _smooth_field(rng, (n_ax, n_lat), p["texture_scale"] * S / 256)
+    big = _smooth_field(rng, (n_ax, n_lat), n_ax / 5)
+    tex_s = np.full((n_ax, n_lat), p["texture"], np.float32)
+    tex_s[ri, rj] += (s_in - p["texture"]) * wl
+    logA = np.log(B + 1e-4) + tex_s * tex + 0.12 * big - cum - (kpx * dpx)[:, None]
+    sig_e = 10 ** ((-38 + 22 * lat["noise"]) / 20)
+    amp = np.exp(tgc)[:, None] * np.sqrt(np.exp(2 * logA) + np.float32(sig_e ** 2))
+    rf = np.zeros((g["n_fft"], n_lat), np.float32)
+    rf[:n_ax] = amp * rng.standard_normal((n_ax, n_lat), dtype=np.float32)
+    # lateral beam: narrow at focus, twice as wide far from it
+    wf = np.clip(((g["depth"] - p["focus"]) / 0.5) ** 2, 0, 1)[:, None]
+    bw = p["beam"] * S / 256
+    rf[:n_ax] = (1 - wf) * gaussian_filter1d(rf[:n_ax], bw, axis=1, truncate=3) + wf * gaussian_filter1d(
+        rf[:n_ax], 2 * bw, axis=1, truncate=3)
+    # axial pulse + Hilbert + IQ decimation by 2 in one FFT pair
+    spec = sfft.rfft(rf, axis=0, workers=-1)
+    base = np.zeros((g["n_fft"] // 2, n_lat), np.complex64)
+    base[g["dest"]] = spec[g["band"]] * g["h"]
+    env = np.abs(sfft.ifft(base, axis=0, workers=-1))[: n_ax // 2]
+    # scan conversion and log compression
+    if g["convex"]:
+        i0, j0, wi, wj = g["i0"], g["j0"], g["wi"], g["wj"]
+        v = (env[i0, j0] * (1 - wi) + env[i0 + 1, j0] * wi) * (1 - wj) + (env[i0, j0 + 1] * (1 - wi) + env[i0 + 1, j0 + 1] * wi) * wj
+        out = np.zeros(S * S, np.float32)
+        out[g["flat"]] = v
+        env_img = out.reshape(S, S)
+    else:
+        env_img = env
+    ref = float(env_img[g["fov"]].mean())
+    gray = rng.uniform(95, 120) + 255 / p["dynamic_range"] * 20 * np.log10(env_img / ref + 1e-6)
+    image = np.clip(gray, 0, 255).astype(np.uint8)
+    image[~g["fov"]] = 0
+    # exact lesion mask on output pixel centres
+    x0, x1 = max(0, int(L["cx"] - R) - 1), min(S, int(L["cx"] + R) + 2)
+    y0, y1 = max(0, int(L["cy"] - R) - 1), min(S, int(L["cy"] + R) + 2)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+    mask = np.zeros((S, S), bool)
+    mask[y0:y1, x0:x1] = _lesion_fields(L, xx, yy)[2]
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    box = (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+    diff = {a_: min(1.0, _closeness(a_, lat) + 0.1 * lat["noise"]) for a_ in ATTRIBUTES}
+    posterior = "shadowing" if shadow else ("enhancement" if echo == "Anechoic" else "none")
+    return SynthCase(image=image, box=box, mask=mask, organ=organ, attributes=cls, latent=lat, difficulty=diff,
+                     seed=int(seed), fov=g["fov"], meta=dict(posterior=posterior, lesion_center=(L["cx"], L["cy"]),
+                                                             lesion_radius=float(a), halo_gain=float(halo_gain)))
+
+
+def _rf_window(g: dict, cx: float, cy: float, R: float):
+    """Index slices of the RF grid covering the disc of radius R pixels around (cx, cy)."""
+    if not g["convex"]:
+        return (slice(max(0, int((cy - R - 0.5) / g["dr"]) - 2), min(g["n_ax"], int((cy + R - 0.5) / g["dr"]) + 3)),
+                slice(max(0, int(cx - R) - 2), min(g["n_lat"], int(cx + R) + 3)))
+    rho, th = np.hypot(cx - g["apex"][0], cy - g["apex"][1]), np.arctan2(cx - g["apex"][0], cy - g["apex"][1])
+    dth = np.arcsin(min(1.0, R / rho))
+    i = ((rho - R - g["r0"]) / g["dr"], (rho + R - g["r0"]) / g["dr"])
+    j = ((th - dth + g["half_angle"]) / g["dth"], (th + dth + g["half_angle"]) / g["dth"])
+    return (slice(max(0, int(i[0]) - 2), min(g["n_ax"], int(i[1]) + 3)),
+            slice(max(0, int(j[0]) - 2), min(g["n_lat"], int(j[1]) + 3)))
+
+
+def simulate_raters(case: SynthCase, attribute: str, seed: Union[int, np.random.Generator]) -> tuple[str, str]:
+    """Labels of sonographers A and B for `attribute` of `case`.
+
+    Each rater reads the latent value(s) plus a fixed bias (A and B differ) plus Gaussian noise
+    (sd grows by up to 50 % with image noise) and classifies with the generator's boundaries.
+    """
+    _check_attribute(attribute)
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    spec = RATERS[attribute]
+    scale = 1.0 + 0.5 * case.latent.get("noise", 0.0)
+    out = []
+    for bias in spec["bias"]:
+        v = {key: case.latent[key] + b + sd * scale * rng.standard_normal()
+             for key, sd, b in zip(spec["keys"], spec["sd"], bias)}
+        out.append(_classify(attribute, v))
+    return out[0], out[1]
+
+
+def generate_samples(organ: str, n: int, seed: int, size: int = 256, attributes=ATTRIBUTES,
+                     split: str = "") -> Iterator[tuple[Sample, Image.Image]]:
+    """Yield n (Sample, PIL grayscale image) pairs; sample i depends only on (organ, seed, size, i).
+
+    The asked attribute cycles through `attributes` and its class cycles through the labels, so
+    both are balanced. c = 1 when the two raters agree and then y = their label; when they
+    disagree c = 0 and y = the generator's true class (both rater labels kept). Boxes are in
+    pixels of the size x size image; image_path is relative ("images/<id>.png", caller writes it).
+    """
+    _check_organ(organ)
+    attributes = tuple(attributes)
+    for a in attributes:
+        _check_attribute(a)
+    for i in range(int(n)):
+        ss = np.random.SeedSequence([int(seed), zlib.crc32(organ.encode()), i])
+        case_seed, rater_seed = (int(s) for s in ss.generate_state(2))
+        attr = attributes[i % len(attributes)]
+        labels = ATTRIBUTE_LABELS[attr]
+        case = generate_case(case_seed, organ, size, {attr: labels[(i // len(attributes)) % len(labels)]})
+        ra, rb = simulate_raters(case, attr, rater_seed)
+        c = int(ra == rb)
+        sid = f"{organ}-{split}-{i:05d}"
+        sample = Sample(id=sid, image_path=f"images/{sid}.png", box=case.box, attribute=attr,
+                        label=ra if c else case.attributes[attr], c=c, organ=organ, question="",
+                        rater_labels=(ra, rb), difficulty=case.difficulty[attr], image_size=(size, size), split=split,
+                        meta=dict(latent=case.latent, seed=case.seed, true_attributes=case.attributes,
+                                  posterior=case.meta["posterior"], source="synthetic"))
+        yield sample, Image.fromarray(case.image, mode="L")
+
+
+def disagreement_curve(samples: list[Sample], bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bin centres of difficulty 0-1, P(c=0) per bin (nan where empty), count per bin)."""
+    d = np.array([s.difficulty for s in samples if s.difficulty is not None], float)
+    c = np.array([s.c for s in samples if s.difficulty is not None], float)
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(d, edges) - 1, 0, bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    zero = np.bincount(idx, weights=1 - c, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (edges[:-1] + edges[1:]) / 2, np.where(count > 0, zero / np.maximum(count, 1), np.nan), count
