@@ -45,6 +45,7 @@ class Trajectory:
     turn1_ids: list = field(default_factory=list)
     crop_ids: list = field(default_factory=list)
     turn2_ids: list = field(default_factory=list)
+    image_inputs: list = field(default_factory=list, repr=False)  # [(pixel_values, grid_thw)]: full image, crop
 
     @property
     def ended_early(self) -> bool:
@@ -155,7 +156,7 @@ def rollout(items: Sequence[tuple], policy, processor, group_size: int = 1, do_s
         msize = model_input_size(img.width, img.height, lo, hi)
         call, crop = zoom(text1, img, msize, crop_pixels, min_side=min_side, min_pixels=lo, max_pixels=hi)
         t = Trajectory(sample_id=sample.id, index=g, turn1_text=text1, tool=call, crop=crop,
-                       prompt_ids=list(prompt_ids), turn1_ids=list(new_ids))
+                       prompt_ids=list(prompt_ids), turn1_ids=list(new_ids), image_inputs=pairs(i))
         trajs[i][g] = t
         if call.ok:
             crops_needed.append((t, i))
@@ -164,8 +165,8 @@ def rollout(items: Sequence[tuple], policy, processor, group_size: int = 1, do_s
         fixup = [] if (t.turn1_ids and t.turn1_ids[-1] == eos_id) else [eos_id]
         t.crop_ids = fixup + chat.tokenize(
             processor, chat.expand_image_tokens(suffix_text, [crop_enc.grid_thw[k]], processor))
-        second.append((t, t.prompt_ids + t.turn1_ids + t.crop_ids,
-                       pairs(i) + [(crop_enc.pixel_values[k], crop_enc.grid_thw[k])]))
+        t.image_inputs = pairs(i) + [(crop_enc.pixel_values[k], crop_enc.grid_thw[k])]
+        second.append((t, t.prompt_ids + t.turn1_ids + t.crop_ids, t.image_inputs))
     if second:
         gen2 = run(2, [r for _, r, _ in second], [im for _, _, im in second])
         for (t, _, _), new_ids in zip(second, gen2):
@@ -199,12 +200,12 @@ def single_turn_rollout(items: Sequence[tuple], policy, processor, group_size: i
         gen += policy(chat.model_inputs(rows[s:s + rows_per_call], imgs[s:s + rows_per_call], processor),
                       1, max_new_tokens, do_sample, temperature)
     out = [[None] * group_size for _ in items]
-    for (i, g), prompt_ids, new_ids in zip(meta, rows, gen):
+    for (i, g), prompt_ids, new_ids, row_images in zip(meta, rows, gen, imgs):
         sample = items[i][0]
         text = tok.decode([t for t in new_ids if t != eos_id], skip_special_tokens=False)
         t = Trajectory(sample_id=sample.id, index=g, turn1_text=text,
                        tool=ToolCall(ok=False, error="single_turn", box_model=None, box_original=None, raw=None),
-                       prompt_ids=list(prompt_ids), turn1_ids=list(new_ids))
+                       prompt_ids=list(prompt_ids), turn1_ids=list(new_ids), image_inputs=row_images)
         t.answer = extract_answer(text, sample.attribute)
         out[i][g] = t
     return out

@@ -135,7 +135,7 @@ def train(model, processor, examples: Sequence[SFTExample], steps: int, batch_si
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        row = dict(step=step + 1, loss=float(loss), lr=sched.get_last_lr()[0], time_s=time.perf_counter() - t0)
+        row = dict(step=step + 1, loss=loss.item(), lr=sched.get_last_lr()[0], time_s=time.perf_counter() - t0)
         history.append(row)
         with open(log_path, "a") as f:
             f.write(f"{row['step']},{row['loss']:.6f},{row['lr']:.3e},{row['time_s']:.4f}\n")
