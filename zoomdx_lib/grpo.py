@@ -207,3 +207,34 @@ def train_grpo(model, processor, train_items: Sequence[tuple], cfg: GRPOConfig, 
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             save_checkpoint(out_dir, step + 1, model, opt, extra={"sampler_state": gen.get_state().tolist()})
     return rows
+
+
+def run_grpo(profile, run_dir, variant: str, estimator: str, sft_base: str, sft_adapter: str, name: Optional[str] = None,
+             steps: Optional[int] = None, resume: bool = True, progress: bool = True) -> dict:
+    """The notebook-03 recipe: from the SFT adapter, train one RL variant on the train split.
+
+    Saves the adapter as `run_dir/models/{name}` (default `grpo_{variant}_{estimator}`) and returns
+    {name, base, adapter, log, seconds, time_generation_s, time_update_s}.
+    """
+    from peft import PeftModel
+
+    from .evaluate import load_items
+    from .models import load_model_and_processor
+
+    run_dir, t0 = Path(run_dir), time.perf_counter()
+    name = name or (f"grpo_{variant}_{estimator}" if variant == "uncertainty" else f"grpo_{variant}")
+    model, processor = load_model_and_processor(sft_base, device=profile.device)
+    model = PeftModel.from_pretrained(model, sft_adapter, is_trainable=True)
+    cfg = GRPOConfig(steps=steps if steps is not None else profile.grpo_steps,
+                     prompts_per_step=profile.grpo_prompts_per_step, lr=profile.grpo_lr, beta=profile.grpo_beta,
+                     variant=variant, estimator=estimator,
+                     max_new_tokens=(profile.max_new_tokens_turn1, profile.max_new_tokens_turn2),
+                     crop_pixels=profile.crop_pixels, checkpoint_every=max(1, profile.checkpoint_every // 10),
+                     seed=profile.seed, hp=profile.hp)
+    items = load_items(run_dir / "data", "train")
+    log = train_grpo(model, processor, items, cfg, run_dir / "checkpoints" / name, resume, progress)
+    adapter = run_dir / "models" / name
+    model.save_pretrained(adapter, safe_serialization=True)
+    return dict(name=name, base=str(sft_base), adapter=str(adapter), log=log, seconds=time.perf_counter() - t0,
+                time_generation_s=sum(r["time_generation_s"] for r in log),
+                time_update_s=sum(r["time_update_s"] for r in log))

@@ -155,3 +155,51 @@ def _write_log(path: Path, rows: list[dict]) -> None:
         f.write("step,loss,lr,time_s\n")
         for r in rows:
             f.write(f"{r['step']},{r['loss']:.6f},{r['lr']:.3e},{r['time_s']:.4f}\n")
+
+
+def run_sft(profile, run_dir, mode: str = "zoom", resume: bool = True, progress: bool = True,
+            on_step: Optional[Callable] = None) -> dict:
+    """The notebook-02 recipe for one profile: returns {base, adapter, history_full, history_lora, seconds}.
+
+    Tiny model (profile.model_path None): build it into `run_dir/models/tiny_init`, train every
+    weight for `sft_full_steps` (saved as `models/sft_{mode}_full`), then LoRA per the paper for
+    `sft_lora_steps` (adapter `models/sft_{mode}_lora`). A real checkpoint skips the first stage.
+    Data come from `run_dir/data` (notebook 01). Each stage resumes from its checkpoints.
+    """
+    from peft import get_peft_model
+
+    from .models import build_tiny_checkpoint, load_model_and_processor, lora_config
+
+    run_dir, t0 = Path(run_dir), time.perf_counter()
+    models = run_dir / "models"
+    hp = profile.hp
+    base = profile.model_path
+    if base is None:
+        base = models / "tiny_init"
+        if not (base / "config.json").exists():
+            build_tiny_checkpoint(base, profile.min_pixels, profile.max_pixels, profile.seed, **profile.tiny)
+    model, processor = load_model_and_processor(base, device=profile.device, min_pixels=profile.min_pixels,
+                                                max_pixels=profile.max_pixels)
+    examples = load_dialogue_examples(run_dir / "data", "train", processor, mode, progress=progress)
+    lora_steps = profile.sft_lora_steps
+    full_steps = profile.sft_full_steps
+    if mode == "single" and profile.single_turn_steps is not None:
+        full_steps = profile.single_turn_steps
+    hist_full = []
+    if full_steps > 0:
+        torch.manual_seed(profile.seed)
+        hist_full = train(model, processor, examples, full_steps, profile.sft_batch_size, profile.sft_lr_full,
+                          run_dir / "checkpoints" / f"sft_{mode}_full", profile.checkpoint_every, resume,
+                          profile.seed, progress=progress, on_step=on_step, device=profile.device)
+        base = models / f"sft_{mode}_full"
+        model.save_pretrained(base, safe_serialization=True)
+        processor.save_pretrained(base)
+    torch.manual_seed(profile.seed)
+    peft_model = get_peft_model(model, lora_config(hp.lora_rank, hp.lora_alpha, hp.lora_dropout))
+    hist_lora = train(peft_model, processor, examples, lora_steps, profile.sft_batch_size, profile.sft_lr_lora,
+                      run_dir / "checkpoints" / f"sft_{mode}_lora", profile.checkpoint_every, resume,
+                      profile.seed + 1, progress=progress, on_step=on_step, device=profile.device)
+    adapter = models / f"sft_{mode}_lora"
+    peft_model.save_pretrained(adapter, safe_serialization=True)
+    return dict(base=str(base), adapter=str(adapter), history_full=hist_full, history_lora=hist_lora,
+                seconds=time.perf_counter() - t0, n_examples=len(examples))
