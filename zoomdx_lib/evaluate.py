@@ -246,3 +246,48 @@ def greedy_table(results: dict, methods: Sequence[str], datasets: Sequence[str],
                 row[f"{k}_low"], row[f"{k}_high"] = lo, hi
             rows.append(row)
     return rows
+
+
+def load_cached(cache_dir) -> dict:
+    """Every cached generation file under `cache_dir`: {(method, dataset, mode, seed): records}."""
+    out = {}
+    for path in sorted(Path(cache_dir).glob("*/*/*-seed*.jsonl")):
+        mode, seed = path.stem.rsplit("-seed", 1)
+        out[(path.parent.parent.name, path.parent.name, mode, int(seed))] = [
+            json.loads(line) for line in path.read_text().splitlines()]
+    return out
+
+
+def pick_ambiguous_case(records: Sequence[dict]) -> dict:
+    """The c=0 case whose rollouts give the most distinct answers (the first record if no c=0 case)."""
+    amb = [r for r in records if r["c"] == 0]
+    return max(amb, key=lambda r: len({ro["answer"] for ro in r["rollouts"]})) if amb else records[0]
+
+
+def _diagnostic_think(text: Optional[str]) -> str:
+    import re
+    m = re.search(r"<think>(.*?)</think>", text or "", re.S)
+    return m.group(1).strip() if m else ""
+
+
+def rationale_scores(results: dict, methods: Sequence[str], datasets: Sequence[str], data_dir, seed: int = 0) -> list:
+    """BLEU-1 and ROUGE-L (0-1) of each method's greedy diagnostic rationale (the turn-2 `<think>`, or the
+    single turn) against the reference rationale of the dataset's dialogue, averaged over cases."""
+    from .datasets import load_dialogues
+
+    rows = []
+    for d in datasets:
+        try:
+            refs = {r["id"]: _diagnostic_think(r["messages"][-1]["content"][0]["text"])
+                    for r in load_dialogues(data_dir, d)}
+        except FileNotFoundError:
+            continue
+        for m in methods:
+            recs = results.get((m, d, "greedy", seed))
+            if not recs:
+                continue
+            pairs = [(_diagnostic_think(r["rollouts"][0]["turn2"] or r["rollouts"][0]["turn1"]), refs.get(r["id"], ""))
+                     for r in recs]
+            rows.append(dict(method=m, dataset=d, bleu1=float(np.mean([M.bleu1(c, ref) for c, ref in pairs])),
+                             rouge_l=float(np.mean([M.rouge_l(c, ref) for c, ref in pairs])), n=len(pairs)))
+    return rows

@@ -238,3 +238,13 @@ def run_grpo(profile, run_dir, variant: str, estimator: str, sft_base: str, sft_
     return dict(name=name, base=str(sft_base), adapter=str(adapter), log=log, seconds=time.perf_counter() - t0,
                 time_generation_s=sum(r["time_generation_s"] for r in log),
                 time_update_s=sum(r["time_update_s"] for r in log))
+
+
+LOG_KEYS = ("reward_total", "reward_loc", "reward_acc", "reward_fmt", "reward_group", "no_signal_share",
+            "tool_call_valid", "answer_valid", "mean_iou", "kl", "time_generation_s", "time_update_s")
+
+
+def log_end_values(log: Sequence[dict], last: int = 5, keys: Sequence[str] = LOG_KEYS) -> dict:
+    """Mean of each logged quantity over the last `last` GRPO steps (the curves' end values)."""
+    rows = list(log)[-last:]
+    return {k: float(np.mean([r[k] for r in rows])) if rows else float("nan") for k in keys}

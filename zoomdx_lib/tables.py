@@ -100,3 +100,41 @@ def write_table(df: pd.DataFrame, out_dir, name: str, caption: str = "") -> dict
         latex = f"% {caption}\n" + latex
     paths["tex"].write_text(latex)
     return {k: str(v) for k, v in paths.items()}
+
+
+def claim_verdict(long: pd.DataFrame, metric: str, dataset: str, better: str, worse: str,
+                  higher_is_better: bool = True) -> str:
+    """'supported' when `better`'s 95 % interval lies entirely on the good side of `worse`'s,
+    'contradicted' when entirely on the bad side, otherwise 'not separable from noise'."""
+    def row(m):
+        hit = long[(long.method == m) & (long.dataset == dataset) & (long.metric == metric)]
+        return None if hit.empty else hit.iloc[0]
+    a, b = row(better), row(worse)
+    if a is None or b is None or any(math.isnan(float(v)) for v in (a.low, a.high, b.low, b.high)):
+        return "not measured"
+    if not higher_is_better:
+        a, b = b, a
+    if a.low > b.high:
+        return "supported"
+    if a.high < b.low:
+        return "contradicted"
+    return "not separable from noise"
+
+
+def paper_claims(long: pd.DataFrame, datasets: Sequence[str]) -> list[dict]:
+    """The paper's claims, each judged from the 95 % intervals by `claim_verdict`."""
+    in_domain = [d for d in datasets if d != "test_thyroid"]
+    checks = [("zoom beats no zoom (Acc)", "acc", "zoom_sft", "single_turn_sft", True, in_domain),
+              ("uncertainty RL beats SFT on Align", "align", "grpo_uncertainty_credit", "zoom_sft", True, datasets),
+              ("uncertainty RL beats accuracy-only RL on Align", "align", "grpo_uncertainty_credit",
+               "grpo_accuracy_only", True, datasets),
+              ("uncertainty RL beats SFT on Entropy Gap", "gap", "grpo_uncertainty_credit", "zoom_sft", True, datasets),
+              ("uncertainty RL lowers ECE vs SFT", "ece10", "grpo_uncertainty_credit", "zoom_sft", False, datasets),
+              ("credit estimator beats paper-literal group estimator on Align", "align", "grpo_uncertainty_credit",
+               "grpo_uncertainty_group", True, datasets)]
+    rows = []
+    for claim, metric, better, worse, hib, dsets in checks:
+        for d in dsets:
+            rows.append(dict(claim=claim, dataset=d, verdict=claim_verdict(long, metric, d, better, worse, hib),
+                             cross_domain=d == "test_thyroid"))
+    return rows
