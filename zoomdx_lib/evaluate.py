@@ -141,8 +141,10 @@ def greedy_metrics(records: Sequence[dict]) -> dict:
     labels = [r["label"] for r in records]
     c1 = np.array([r["c"] == 1 for r in records])
     ious = np.array([f["iou"] for f in first])
+    if first and all(f["tool_error"] == "single_turn" for f in first):
+        ious = np.full(len(first), np.nan)  # no box: mIoU is not defined for the no-zoom baseline
     return dict(n=len(records), n_c1=int(c1.sum()), acc=M.accuracy(preds, labels, mask=c1),
-                miou_c1=float(ious[c1].mean()) if c1.any() else float("nan"),
+                miou_c1=float(ious[c1].mean()) if c1.any() else float("nan"),  # nan stays nan
                 miou_all=float(ious.mean()) if len(ious) else float("nan"),
                 tool_call_valid=float(np.mean([f["tool_error"] is None for f in first])),
                 answer_valid=float(np.mean([f["answer"] is not None for f in first])),

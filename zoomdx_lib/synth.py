@@ -31,15 +31,15 @@ from scipy.ndimage import gaussian_filter1d
 
 from .schema import ATTRIBUTE_LABELS, ATTRIBUTES, Sample
 
-# Geometry in units of the output size S; PSF in RF samples at S=256 (scaled with S).
+# Geometry in units of the output size S; PSF sds (axial pulse envelope, lateral beam at focus) and
+# texture grain in output pixels at S=256 (scaled with S); attenuation = round trip over the full depth, dB.
 ORGAN_PRESETS: dict[str, dict] = {
-    "liver": dict(probe="convex", half_angle=0.55, top=0.03, apex_radius=0.10, wavelength=5.0, cycles=0.9,
-                  beam=1.6, focus=0.5, atten_db=32.0, texture=0.45, texture_scale=3.0, dynamic_range=55.0,
-                  lesion_depth=(0.22, 0.95), vessels=(0, 3)),
-    "breast": dict(probe="linear", wavelength=3.6, cycles=0.8, beam=1.4, focus=0.45, atten_db=22.0,
-                   texture=0.25, texture_scale=3.0, dynamic_range=55.0, lesion_depth=(0.22, 0.8), vessels=(0, 0)),
-    "thyroid": dict(probe="linear", wavelength=3.0, cycles=0.8, beam=1.1, focus=0.5, atten_db=18.0,
-                    texture=0.08, texture_scale=2.0, dynamic_range=50.0, lesion_depth=(0.25, 0.8), vessels=(0, 0)),
+    "liver": dict(probe="convex", half_angle=0.5, top=0.03, apex_radius=0.22, axial=1.1, lateral=2.4, wavelength=2.2, cycles=0.5, beam=2.4, texture_scale=4.0, focus=0.5,
+                  atten_db=32.0, texture=0.5, texture_px=4.0, dynamic_range=60.0, lesion_depth=(0.2, 0.95), vessels=(0, 3)),
+    "breast": dict(probe="linear", axial=0.8, lateral=1.8, wavelength=1.6, cycles=0.5, beam=1.8, texture_scale=3.0, focus=0.45, atten_db=22.0, texture=0.3, texture_px=3.0,
+                   dynamic_range=60.0, lesion_depth=(0.22, 0.8), vessels=(0, 0)),
+    "thyroid": dict(probe="linear", axial=0.65, lateral=1.3, wavelength=1.3, cycles=0.5, beam=1.3, texture_scale=2.0, focus=0.5, atten_db=18.0, texture=0.1, texture_px=2.0,
+                    dynamic_range=55.0, lesion_depth=(0.25, 0.8), vessels=(0, 0)),
 }
 # Class boundaries of the latent values and the interval each class is drawn from.
 ECHO_DB = {"Anechoic": (-40.0, -24.0), "Hypoechoic": (-24.0, -6.0), "Isoechoic": (-6.0, 5.0), "Hyperechoic": (5.0, 16.0)}
