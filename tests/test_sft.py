@@ -64,8 +64,9 @@ def test_adapter_reloads_to_same_outputs(tiny_path, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_continues_from_the_checkpoint_step(tiny_path, tmp_path):
-    ex = None
+@pytest.mark.parametrize("kind", ["lora", "full"])
+def test_resume_continues_from_the_checkpoint_step(tiny_path, tmp_path, kind):
+    make = (lambda: _lora(tiny_path)) if kind == "lora" else (lambda: load_model_and_processor(tiny_path))
 
     class Interrupt(Exception):
         pass
@@ -74,13 +75,13 @@ def test_resume_continues_from_the_checkpoint_step(tiny_path, tmp_path):
         if row["step"] == 7:
             raise Interrupt
 
-    model, processor = _lora(tiny_path)
+    model, processor = make()
     ex = _examples(processor)
     with pytest.raises(Interrupt):
         train(model, processor, ex, steps=10, batch_size=2, lr=1e-3, out_dir=tmp_path, checkpoint_every=5,
               warmup=1, progress=False, on_step=stop_at_7)
     assert latest_checkpoint(tmp_path).name == "checkpoint-000005"
-    model2, _ = _lora(tiny_path)
+    model2, _ = make()
     seen = []
     hist = train(model2, processor, ex, steps=10, batch_size=2, lr=1e-3, out_dir=tmp_path, checkpoint_every=5,
                  warmup=1, progress=False, on_step=lambda r: seen.append(r["step"]))
@@ -88,7 +89,7 @@ def test_resume_continues_from_the_checkpoint_step(tiny_path, tmp_path):
     assert [r["step"] for r in hist] == list(range(1, 11))
 
     # the resumed run matches an uninterrupted one
-    model3, _ = _lora(tiny_path)
+    model3, _ = make()
     ref = train(model3, processor, ex, steps=10, batch_size=2, lr=1e-3, out_dir=tmp_path / "ref",
                 checkpoint_every=5, warmup=1, progress=False)
     assert abs(ref[-1]["loss"] - hist[-1]["loss"]) < 1e-4

@@ -115,14 +115,7 @@ def load_adapter_weights(peft_model, folder) -> None:
 
 
 def load_full_weights(model, folder) -> None:
-    """Load full-model safetensors shards saved by `save_pretrained` into `model` (same architecture)."""
-    sd = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        if f.name in ("optimizer.safetensors", "rng.safetensors"):
-            continue
-        sd.update(load_file(str(f)))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    real_missing = [k for k in missing if "lm_head" not in k]  # tied to the embeddings
-    if real_missing or unexpected:
-        raise RuntimeError(f"{folder}: weights do not match the model (missing {real_missing[:5]}, "
-                           f"unexpected {unexpected[:5]})")
+    """Load a full model saved by `save_pretrained` into `model` (same architecture), through
+    `from_pretrained` so the checkpoint's key naming is handled by transformers itself."""
+    saved = type(model).from_pretrained(folder, dtype=next(model.parameters()).dtype, use_safetensors=True)
+    model.load_state_dict(saved.state_dict(), strict=True)

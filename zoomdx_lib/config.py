@@ -93,7 +93,7 @@ PROFILES: dict[str, Profile] = {
         name="smoke", n_train_per_organ=48, n_test_per_organ=12, n_real_test=8,
         sft_full_steps=30, sft_lora_steps=10, sft_batch_size=8, checkpoint_every=10,
         grpo_steps=2, grpo_prompts_per_step=1, eval_rollouts=8, eval_batch_size=16,
-        max_new_tokens_turn1=48, max_new_tokens_turn2=40, bootstrap_samples=200,
+        max_new_tokens_turn1=64, max_new_tokens_turn2=48, bootstrap_samples=200,
         tiny=dict(text_hidden=64, text_layers=2, text_heads=2, text_kv_heads=1, text_intermediate=128,
                   vision_hidden=64, vision_depth=2, vision_heads=2, vision_intermediate=128)),
     "cpu": Profile(name="cpu"),
