@@ -163,7 +163,7 @@ def test_manifest_csv_columns_and_raters(mroot):
     (mroot / "m.csv").write_text(
         "image,x1,y1,x2,y2,attribute,rater_a,rater_b,organ,question\n"
         "img/a.png,5,6,40,30,shape,oval,Oval,thyroid,Shape?\n"
-        "img/a.png,1,2,20,20,margin,Circumscribed,Not circumscribed,thyroid,\n")
+        "img/a.png,1,2,20,20,margin,Circumscribed,Circumscribed,thyroid,\n")
     (mroot / "m2.csv").write_text('id,image,box,attribute,label,rater_a,rater_b\n'
                                   'x,img/a.png,"[1, 2, 20, 20]",margin,Not circumscribed,Circumscribed,ill-defined\n')
     with pytest.raises(SampleError, match="duplicate id 'a'"):  # ids default to the image stem
