@@ -392,7 +392,7 @@ answer and every reward component of Eq. 3 computed from that rollout.
 profile = "smoke"
 run_dir = "../runs/smoke"
 seed = 0
-mode = "sample"     # sample (8 rollouts at T=0.7) or greedy
+mode = "sample"     # sample: 8 rollouts at T=0.7; or greedy
 """),
     ("code", COMMON_IMPORTS.replace("{name}", "05_rollout_browser") + """
 from zoomdx_lib import evaluate as E, widgets as W

@@ -86,8 +86,13 @@ class NotebookFailed(RuntimeError):
 
 def run_chain(profile: str, run_dir, notebooks_dir=DEFAULT_NOTEBOOKS, force: bool = False,
               only: Optional[list[str]] = None, seed: int = 0, extra_params: Optional[dict] = None,
-              publish_figures: Optional[str] = None, kernel_name: str = "python3", log=print) -> dict:
-    """Execute the chain; returns the manifest. Raises NotebookFailed naming the notebook and cell."""
+              publish_figures: Optional[str] = None, kernel_name: str = "python3", log=print,
+              cell_timeout: Optional[int] = None) -> dict:
+    """Execute the chain; returns the manifest. Raises NotebookFailed naming the notebook and cell.
+
+    cell_timeout: seconds one cell may run (default: 900 for the smoke profile, unlimited otherwise),
+    so a kernel that stops answering fails the chain with the cell named instead of hanging.
+    """
     import papermill as pm
 
     run_dir = Path(run_dir).resolve()
@@ -101,6 +106,7 @@ def run_chain(profile: str, run_dir, notebooks_dir=DEFAULT_NOTEBOOKS, force: boo
     if only:
         notebooks = [nb for nb in notebooks if nb.name[:2] in only or nb.stem in only]
     params = dict(profile=profile, run_dir=str(run_dir), seed=seed, **(extra_params or {}))
+    timeout = cell_timeout if cell_timeout is not None else (900 if profile == "smoke" else None)
     for k, nb in enumerate(notebooks, 1):
         fp = _fingerprint(nb, params)
         entry = manifest["notebooks"].get(nb.stem, {})
@@ -114,8 +120,10 @@ def run_chain(profile: str, run_dir, notebooks_dir=DEFAULT_NOTEBOOKS, force: boo
         try:
             pm.execute_notebook(str(nb), str(run_dir / "executed" / nb.name), parameters=params,
                                 kernel_name=kernel_name, cwd=str(nb.parent), progress_bar=False,
-                                log_output=False)
-        except pm.PapermillExecutionError as err:
+                                log_output=False, execution_timeout=timeout)
+        except (pm.PapermillExecutionError, TimeoutError) as err:
+            if isinstance(err, TimeoutError):
+                err.exec_count, err.ename, err.evalue = "?", "TimeoutError", str(err)[:300]
             manifest["notebooks"][nb.stem] = dict(status="failed", fingerprint=fp, cell=err.exec_count,
                                                   error=f"{err.ename}: {err.evalue}",
                                                   seconds=round(time.perf_counter() - t0, 2))

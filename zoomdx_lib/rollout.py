@@ -74,13 +74,19 @@ class HFPolicy:
     def __init__(self, model, processor):
         self.model, self.processor = model, processor
         self.eos_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        tok = processor.tokenizer
+        # The model must never write image placeholders itself: they would claim visual features
+        # that do not exist when the trajectory is scored.
+        self.suppress = sorted({tok.convert_tokens_to_ids(t) for t in
+                                ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>",
+                                 "<|vision_pad|>", "<|im_start|>")} - {tok.unk_token_id, None})
 
     @torch.no_grad()
     def __call__(self, inputs: dict, turn: int, max_new_tokens: int, do_sample: bool, temperature: float):
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) for k, v in inputs.items()}
         kw = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, eos_token_id=self.eos_id,
-                  pad_token_id=self.processor.tokenizer.pad_token_id)
+                  pad_token_id=self.processor.tokenizer.pad_token_id, suppress_tokens=self.suppress)
         if do_sample:  # sample the plain tempered distribution, as GRPO's ratio assumes
             kw.update(temperature=temperature, top_k=0, top_p=1.0)
         else:

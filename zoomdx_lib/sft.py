@@ -50,15 +50,16 @@ def load_dialogue_examples(data_dir, split: str, processor, mode: str = "zoom", 
                            progress: bool = False) -> list[SFTExample]:
     """SFT examples from `data_dir/dialogues_{split}.jsonl`.
 
-    mode "zoom": the two-turn dialogue with the crop; mode "single": the no-zoom baseline, the
-    user turn with the full image answered directly by the dialogue's diagnostic turn.
+    mode "zoom": the two-turn dialogue with the crop; mode "single": the no-zoom baseline from
+    `dialogues_single_{split}.jsonl` (the full image answered directly, same rationale style).
     """
     from PIL import Image
 
     if mode not in ("zoom", "single"):
         raise ValueError(f"unknown SFT mode {mode!r}; use 'zoom' or 'single'")
     data_dir = Path(data_dir)
-    lines = (data_dir / f"dialogues_{split}.jsonl").read_text().splitlines()
+    name = f"dialogues_single_{split}.jsonl" if mode == "single" else f"dialogues_{split}.jsonl"
+    lines = (data_dir / name).read_text().splitlines()
     lines = lines[:limit] if limit else lines
     it = tqdm(lines, desc=f"encode {split} ({mode})", leave=False) if (progress and tqdm) else lines
     out = []
@@ -67,8 +68,6 @@ def load_dialogue_examples(data_dir, split: str, processor, mode: str = "zoom", 
         msgs = rec["messages"]
         paths = [part["image"] for m in msgs if isinstance(m["content"], list)
                  for part in m["content"] if part.get("type") == "image"]
-        if mode == "single":
-            msgs, paths = [msgs[0], msgs[3]], paths[:1]
         text = processor.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
         images = [Image.open(data_dir / p) for p in paths]
         out.append(encode_conversation(processor, text, images, rec.get("id", "")))

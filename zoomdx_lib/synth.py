@@ -19,6 +19,7 @@ value through their own noise and bias. Determinism: only numpy.random.default_r
 """
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -27,18 +28,17 @@ from typing import Iterator, Union
 import numpy as np
 from PIL import Image
 from scipy import fft as sfft
-from scipy.ndimage import gaussian_filter1d
 
 from .schema import ATTRIBUTE_LABELS, ATTRIBUTES, Sample
 
 # Geometry in units of the output size S; PSF sds (axial pulse envelope, lateral beam at focus) and
 # texture grain in output pixels at S=256 (scaled with S); attenuation = round trip over the full depth, dB.
 ORGAN_PRESETS: dict[str, dict] = {
-    "liver": dict(probe="convex", half_angle=0.5, top=0.03, apex_radius=0.22, axial=1.1, lateral=2.4, wavelength=2.2, cycles=0.5, beam=2.4, texture_scale=4.0, focus=0.5,
+    "liver": dict(probe="convex", half_angle=0.5, top=0.03, apex_radius=0.22, axial=1.1, lateral=2.4, focus=0.5,
                   atten_db=32.0, texture=0.5, texture_px=4.0, dynamic_range=60.0, lesion_depth=(0.2, 0.95), vessels=(0, 3)),
-    "breast": dict(probe="linear", axial=0.8, lateral=1.8, wavelength=1.6, cycles=0.5, beam=1.8, texture_scale=3.0, focus=0.45, atten_db=22.0, texture=0.3, texture_px=3.0,
+    "breast": dict(probe="linear", axial=0.8, lateral=1.8, focus=0.45, atten_db=22.0, texture=0.3, texture_px=3.0,
                    dynamic_range=60.0, lesion_depth=(0.22, 0.8), vessels=(0, 0)),
-    "thyroid": dict(probe="linear", axial=0.65, lateral=1.3, wavelength=1.3, cycles=0.5, beam=1.3, texture_scale=2.0, focus=0.5, atten_db=18.0, texture=0.1, texture_px=2.0,
+    "thyroid": dict(probe="linear", axial=0.65, lateral=1.3, focus=0.5, atten_db=18.0, texture=0.1, texture_px=2.0,
                     dynamic_range=55.0, lesion_depth=(0.25, 0.8), vessels=(0, 0)),
 }
 # Class boundaries of the latent values and the interval each class is drawn from.
@@ -47,9 +47,9 @@ T_ROUND, T_IRREG, T_MARGIN = 1.3, 0.10, 0.4      # aspect ratio; RMS radial devi
 ASPECT_MAX, IRREG_MAX = 2.0, 0.24
 # Rater model per attribute: latent keys, noise sd and the two raters' fixed biases (latent units).
 RATERS = {
-    "echo": dict(keys=("echo_db",), sd=(3.2,), bias=((1.0,), (-1.0,))),
-    "shape": dict(keys=("shape_aspect", "shape_irregularity"), sd=(0.09, 0.03), bias=((0.02, 0.006), (-0.02, -0.006))),
-    "margin": dict(keys=("margin_blur",), sd=(0.15,), bias=((0.03,), (-0.03,))),
+    "echo": dict(keys=("echo_db",), sd=(3.6,), bias=((1.0,), (-1.0,))),
+    "shape": dict(keys=("shape_aspect", "shape_irregularity"), sd=(0.1, 0.032), bias=((0.02, 0.006), (-0.02, -0.006))),
+    "margin": dict(keys=("margin_blur",), sd=(0.19,), bias=((0.03,), (-0.03,))),
 }
 EASY_DISTANCE = 2.5   # a case is easy (difficulty 0) once it is this many rater sds from every boundary
 
@@ -114,37 +114,36 @@ def _check_attribute(attribute: str) -> None:
 
 
 @lru_cache(maxsize=64)
-def _interp(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) linear-interpolation matrix (float32) that upsamples a 1-D signal."""
+def _interp(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """Linear interpolation n_in -> n_out samples: left neighbour index and its right weight."""
     pos = np.linspace(0, n_in - 1, n_out)
     i0 = np.minimum(pos.astype(int), n_in - 2)
-    m = np.zeros((n_out, n_in), np.float32)
-    m[np.arange(n_out), i0] = 1 - (pos - i0)
-    m[np.arange(n_out), i0 + 1] = pos - i0
-    return m
+    return i0, (pos - i0).astype(np.float32)[:, None]
 
 
 def _smooth_field(rng, shape, cells) -> np.ndarray:
-    """Zero-mean random field of roughly unit sd that varies over `cells` RF samples."""
-    lo = rng.standard_normal((max(2, int(shape[0] / cells) + 2), max(2, int(shape[1] / cells) + 2)), dtype=np.float32)
-    f = _interp(shape[0], lo.shape[0]) @ lo @ _interp(shape[1], lo.shape[1]).T
-    return f * np.float32(1.6)
+    """Zero-mean random field of roughly unit sd varying over `cells` = (axial, lateral) RF samples."""
+    lo = rng.standard_normal(tuple(max(2, int(n / c) + 2) for n, c in zip(shape, cells)), dtype=np.float32)
+    j, wj = _interp(shape[1], lo.shape[1])
+    lo = (lo[:, j] * (1 - wj.T) + lo[:, j + 1] * wj.T)
+    i, wi = _interp(shape[0], lo.shape[0])
+    return (lo[i] * (1 - wi) + lo[i + 1] * wi) * np.float32(1.6)
 
 
 @lru_cache(maxsize=16)
 def _geometry(organ: str, S: int) -> dict:
-    """RF grid and scan conversion for a preset at output size S (cached, read-only)."""
-    p, dr = ORGAN_PRESETS[organ], 0.5
+    """RF grid, PSF transfer functions and scan conversion for a preset at output size S (cached)."""
+    p, dr, k = ORGAN_PRESETS[organ], 0.5, S / 256
     if p["probe"] == "linear":
         n_ax, n_lat = 2 * S, S
         X = np.broadcast_to(np.arange(n_lat, dtype=np.float32) + 0.5, (n_ax, n_lat))
         Y = np.broadcast_to((np.arange(n_ax, dtype=np.float32) * dr + 0.5)[:, None], (n_ax, n_lat))
-        g = dict(convex=False, depth_px=S, fov=np.ones((S, S), bool))
+        g = dict(convex=False, depth_px=S, fov=np.ones((S, S), bool), px_line=np.ones(n_ax, np.float32))
     else:
         tm, r0 = p["half_angle"], p["apex_radius"] * S
         apex_y = p["top"] * S - r0
         r_far = min(0.49 * S / np.sin(tm), S - 1 - apex_y)
-        n_ax, n_lat = int(2 * (r_far - r0)) // 2 * 2, int(0.75 * S)
+        n_ax, n_lat = int(2 * (r_far - r0)) // 2 * 2, int(r_far * 2 * tm)
         dth = 2 * tm / n_lat
         rho = r0 + np.arange(n_ax, dtype=np.float32) * dr
         th = -tm + (np.arange(n_lat, dtype=np.float32) + 0.5) * dth
@@ -156,21 +155,24 @@ def _geometry(organ: str, S: int) -> dict:
         flat = np.flatnonzero(fov)
         fi, fj = fi.ravel()[flat], np.clip(fj.ravel()[flat], 0, n_lat - 1)
         i0, j0 = np.minimum(fi.astype(int), n_ax // 2 - 2), np.minimum(fj.astype(int), n_lat - 2)
-        g = dict(convex=True, depth_px=r_far - r0, fov=fov, flat=flat, i0=i0, j0=j0,
+        g = dict(convex=True, depth_px=r_far - r0, fov=fov, flat=flat, i0=i0, j0=j0, px_line=rho * dth,
                  wi=(fi - i0).astype(np.float32), wj=(fj - j0).astype(np.float32),
                  apex=(S / 2, apex_y), r0=r0, r_far=r_far, half_angle=tm, dth=dth)
-    g.update(n_ax=n_ax, n_lat=n_lat, dr=dr, X=np.ascontiguousarray(X, np.float32),
-             Y=np.ascontiguousarray(Y, np.float32), depth=(np.arange(n_ax) * dr / g["depth_px"]).astype(np.float32),
-             lat=((np.arange(n_lat) + 0.5) / n_lat).astype(np.float32))
-    # analytic pulse band (f >= 0 only) and where each bin lands after IQ demodulation by 2
-    pad = int(4 * p["wavelength"] * p["cycles"] * S / 256) + 8
-    n_fft = sfft.next_fast_len(n_ax + pad) // 2 * 2
-    lam, sig = p["wavelength"] * S / 256, p["wavelength"] * p["cycles"] * S / 256
-    f = np.arange(n_fft // 2 + 1) / n_fft
-    h = np.exp(-2 * (np.pi * sig * (f - 1 / lam)) ** 2) + np.exp(-2 * (np.pi * sig * (f + 1 / lam)) ** 2)
-    band = np.flatnonzero(h > 1e-3 * h.max())
-    k0 = int(round(n_fft / lam))
-    g.update(n_fft=n_fft, band=band, h=h[band].astype(np.complex64)[:, None], dest=(band - k0) % (n_fft // 2))
+    depth = (np.arange(n_ax) * dr / g["depth_px"]).astype(np.float32)
+    g.update(n_ax=n_ax, n_lat=n_lat, dr=dr, X=np.ascontiguousarray(X, np.float32), depth=depth,
+             Y=np.ascontiguousarray(Y, np.float32), lat=((np.arange(n_lat) + 0.5) / n_lat).astype(np.float32))
+    # lateral beam: Gaussian, sd grows away from the focus; per-row transfer function over lines
+    sd_lines = p["lateral"] * k * (1 + 0.8 * ((depth - p["focus"]) / 0.5) ** 2) / g["px_line"]
+    n_lfft = sfft.next_fast_len(n_lat + int(3 * sd_lines.max()) + 2)
+    fl = np.arange(n_lfft // 2 + 1) / n_lfft
+    g.update(n_lfft=n_lfft, lat_h=np.exp(-2 * (np.pi * sd_lines[:, None] * fl) ** 2).astype(np.float32))
+    # axial pulse: Gaussian envelope (sd = axial px) on a carrier of 4 RF samples; keep f >= 0
+    # (Hilbert) within the band the 2x-decimated IQ signal can hold, then demodulate by f0
+    n_fft = sfft.next_fast_len(n_ax + int(8 * p["axial"] * k / dr) + 8) // 4 * 4
+    sig, f = p["axial"] * k / dr, np.arange(n_fft // 2 + 1) / n_fft
+    h = np.exp(-2 * (np.pi * sig * (f - 0.25)) ** 2)
+    band = np.flatnonzero((h > 1e-3) & (np.abs(f - 0.25) < 0.25))
+    g.update(n_fft=n_fft, band=band, h=h[band].astype(np.complex64)[:, None], dest=(band - n_fft // 4) % (n_fft // 2))
     return g
 
 
@@ -182,15 +184,14 @@ def _wavy(rng, lat, amp) -> np.ndarray:
 
 def _layers(organ: str, g: dict, rng, S: int):
     """Background backscatter amplitude (tissue = 1) and attenuation multiplier maps."""
-    d, lat, X, Y = g["depth"][:, None], g["lat"], g["X"], g["Y"]
+    d, lat = g["depth"][::2, None], g["lat"]          # layers are smooth: every 2nd RF row, then repeated
     line = lambda z, w=0.004: np.exp(-((d - z) / w) ** 2)
-    alpha = np.ones_like(X)
     if organ == "breast":
         z1 = 0.12 + 0.1 * rng.random() + _wavy(rng, lat, 0.04)
         z2 = 0.62 + 0.12 * rng.random() + _wavy(rng, lat, 0.05)
         z3 = z2 + 0.06 + _wavy(rng, lat, 0.02)
-        band = 1 + 0.45 * np.sin(2 * np.pi * (d * rng.uniform(9, 14) + _wavy(rng, lat, 0.6)))
-        cooper = 1 + 2.5 * (np.sin(2 * np.pi * (d * 7 + 1.5 * _wavy(rng, lat, 0.8))) > 0.93)
+        band = 1 + 0.45 * np.sin(2 * np.pi * (d * rng.uniform(9, 14) + _wavy(rng, lat, 0.35)))
+        cooper = 1 + np.float32(2.5) * (np.sin(2 * np.pi * (d * 7 + 1.5 * _wavy(rng, lat, 0.8))) > 0.93)
         muscle = 0.55 * (1 + 0.6 * np.sin(2 * np.pi * (d * 38 + _wavy(rng, lat, 0.5))))
         B = np.where(d < z1, 0.4 * cooper, np.where(d < z2, band, np.where(d < z3, 0.4, muscle)))
         B = B + 3.0 * line(0.012, 0.006)
@@ -203,30 +204,52 @@ def _layers(organ: str, g: dict, rng, S: int):
         z2 = z1 + 0.04 + 0.03 * rng.random()
         muscle = 0.5 * (1 + 0.5 * np.sin(2 * np.pi * d * 70))
         B = np.where(d < z1, 0.35, np.where(d < z2, muscle, 1.0)) + 2.0 * line(z1, 0.005) + 2.5 * line(z2, 0.005)
-    return B.astype(np.float32), alpha
+    return np.repeat(B.astype(np.float32), 2, axis=0), np.ones((g["n_ax"], g["n_lat"]), np.float32)
 
 
-def _tube(X, Y, p, ang, r, alpha, B, wall):
-    """Composite an anechoic tube (vessel) through point p at angle ang, radius r (pixels)."""
-    dist = np.abs((X - p[0]) * np.sin(ang) - (Y - p[1]) * np.cos(ang))
+def _tube(g, p, ang, length, r, alpha, B, wall):
+    """Composite an anechoic vessel: segment from p (pixels) at angle ang, given length and radius r."""
+    ux, uy = math.cos(ang), math.sin(ang)
+    win = _rf_window(g, p[0] + ux * length / 2, p[1] + uy * length / 2, length / 2 + r + 3)
+    X, Y = g["X"][win] - p[0], g["Y"][win] - p[1]
+    t = np.clip(X * ux + Y * uy, 0, length)
+    dist = np.hypot(X - t * ux, Y - t * uy)
     w = np.clip(r - dist + 0.5, 0, 1)
-    B *= 1 - 0.97 * w
+    B[win] *= 1 - 0.97 * w
     if wall:
-        B += wall * np.exp(-((dist - r) / 1.2) ** 2)
-    alpha -= 0.8 * w
+        B[win] += wall * np.exp(-((dist - r) / 1.2) ** 2)
+    alpha[win] -= 0.8 * w
+    return win[1]
+
+
+def _seg_dist(q, p, ang, length) -> float:
+    """Distance in pixels from point q to the segment of _tube."""
+    u = np.array([math.cos(ang), math.sin(ang)])
+    t = np.clip((np.asarray(q) - p) @ u, 0, length)
+    return float(np.hypot(*(np.asarray(q) - p - t * u)))
 
 
 def _lesion_fields(L: dict, x, y):
-    """Soft inside weight (0.5 on the edge), halo ring and hard mask at points (x, y) in pixels."""
+    """Soft inside weight (0.5 on the edge), halo ring and hard mask at points (x, y) in pixels.
+
+    The edge is r(phi) in units of the ellipse radius, looked up in L["table"] (4096 angles)."""
     dx, dy = x - L["cx"], y - L["cy"]
-    c, s = np.cos(L["theta"]), np.sin(L["theta"])
+    c, s = math.cos(L["theta"]), math.sin(L["theta"])
     u, v = (dx * c + dy * s) / L["a"], (-dx * s + dy * c) / L["b"]
-    rho, phi = np.hypot(u, v), np.arctan2(v, u)
-    r = 1.0 + sum(A * np.cos(k * phi + ph) for k, A, ph in L["harm"])
-    for ang, h, wdt in L["spikes"]:
+    rho = np.hypot(u, v)
+    idx = ((np.arctan2(v, u) + math.pi) * (4096 / (2 * math.pi))).astype(np.int32)
+    r = L["table"][np.minimum(idx, 4095)]
+    t = (r - rho) * (1 / L["blur"])
+    return 0.5 + 0.5 * np.tanh(0.5 * t), np.exp(-(((rho - r) * 10) ** 2)), rho <= r
+
+
+def _edge_table(harm, spikes) -> np.ndarray:
+    """r(phi) on 4096 angles: 1 + low-frequency harmonics (shape) + narrow spikes (margin)."""
+    phi = -np.pi + (np.arange(4096) + 0.5) * (2 * np.pi / 4096)
+    r = 1.0 + sum(A * np.cos(k * phi + ph) for k, A, ph in harm)
+    for ang, h, wdt in spikes:
         r = r + h * np.exp(-((((phi - ang + np.pi) % (2 * np.pi)) - np.pi) / wdt) ** 2)
-    t = (r - rho) / L["blur"]
-    return 0.5 + 0.5 * np.tanh(0.5 * t), np.exp(-(((rho - r) / 0.07) ** 2)), rho <= r
+    return r.astype(np.float32)
 
 
 def _draw_latent(rng, forced: dict, noise: float) -> tuple[dict, dict]:
@@ -264,47 +287,50 @@ def generate_case(seed: int, organ: str = "liver", size: int = 256, attribute_cl
     cls, lat = _draw_latent(rng, forced, float(rng.random()))
     # lesion geometry: major diameter 12-35 % of the width, harmonics for irregularity, spikes for margin
     a = rng.uniform(0.06, 0.175) * S
-    k = np.array([3, 4, 5])
     w = rng.uniform(0.3, 1.0, 3)
     amps = w * lat["shape_irregularity"] * np.sqrt(2) / np.linalg.norm(w)
     m = lat["margin_blur"]
     n_sp = int(rng.integers(6, 14))
     spikes = [(rng.uniform(-np.pi, np.pi), m ** 1.5 * rng.uniform(0.08, 0.3), rng.uniform(0.05, 0.1)) for _ in range(n_sp)]
-    L = dict(a=a, b=a / lat["shape_aspect"], theta=rng.uniform(-0.4, 0.4), blur=0.01 + 0.12 * m,
-             harm=list(zip(k, amps, rng.uniform(0, 2 * np.pi, 3))), spikes=spikes)
-    R = a * (1 + amps.sum() + max(h for _, h, _ in spikes)) + 2.0          # bounds every mask pixel
+    table = _edge_table(zip((3, 4, 5), amps, rng.uniform(0, 2 * np.pi, 3)), spikes)
+    a = a / float(table.max())                       # so the farthest edge point is 6-17.5 % of S from the centre
+    L = dict(a=float(a), b=float(a / lat["shape_aspect"]), theta=float(rng.uniform(-0.4, 0.4)),
+             blur=0.01 + 0.12 * m, table=table)
+    R = float(a * table.max()) + 2.0                                   # bounds every mask pixel
     lo, hi = p["lesion_depth"]
     if g["convex"]:
-        r0, rf, tm = g["r0"], g["r_far"], g["half_angle"]
-        rho = rng.uniform(min(r0 + lo * (rf - r0) + R, rf - R - 2), rf - R - 2)
-        th_max = max(0.0, tm - np.arcsin(min(1.0, (R + 2) / rho)))
+        r0, rf, sin_t = g["r0"], g["r_far"], math.sin(g["half_angle"])
+        fit = 0.95 * (sin_t * (rf - 3) - 2) / (1 + sin_t)                # largest R that fits in the fan
+        if R > fit:                                                    # shrink the lesion to fit
+            scale = (fit - 2) / (R - 2)
+            L["a"], L["b"], R = L["a"] * scale, L["b"] * scale, fit
+        hi_r = rf - R - 3
+        rho = rng.uniform(min(max(r0 + lo * (rf - r0) + R, (R + 2) / sin_t), hi_r), hi_r)
+        th_max = max(0.0, g["half_angle"] - math.asin(min(1.0, (R + 2) / rho)))
         th = rng.uniform(-th_max, th_max)
-        L["cx"], L["cy"] = g["apex"][0] + rho * np.sin(th), g["apex"][1] + rho * np.cos(th)
+        L["cx"], L["cy"] = float(g["apex"][0] + rho * math.sin(th)), float(g["apex"][1] + rho * math.cos(th))
     else:
         L["cx"] = rng.uniform(R + 2, S - R - 2)
         L["cy"] = rng.uniform(min(lo * S + R, S - R - 2), max(min(hi * S, S - R - 2), min(lo * S + R, S - R - 2)))
     # tissue, vessels, lesion on the RF grid
     B, alpha = _layers(organ, g, rng, S)
-    X, Y = g["X"], g["Y"]
+    X, Y, touched = g["X"], g["Y"], []
     for _ in range(int(rng.integers(p["vessels"][0], p["vessels"][1] + 1))):
-        pt, ang, rv = rng.uniform(0.15 * S, 0.85 * S, 2), rng.uniform(0, np.pi), rng.uniform(0.012, 0.035) * S
-        if abs((L["cx"] - pt[0]) * np.sin(ang) - (L["cy"] - pt[1]) * np.cos(ang)) > R + rv + 0.03 * S:
-            _tube(X, Y, pt, ang, rv, alpha, B, rng.choice([0.0, 1.5]))
+        pt, ang, rv = rng.uniform(0.1 * S, 0.9 * S, 2).tolist(), rng.uniform(0, 2 * np.pi), rng.uniform(0.015, 0.04) * S
+        ln = rng.uniform(0.0, 0.4) * S                                 # 0 = vessel seen in cross-section
+        if _seg_dist((L["cx"], L["cy"]), pt, ang, ln) > R + rv + 0.03 * S:
+            touched.append(_tube(g, pt, ang, ln, rv, alpha, B, float(rng.choice([0.0, 1.5]))))
     if organ == "thyroid":                                            # carotid artery on the far side
         side = 0.1 * S if L["cx"] > S / 2 else 0.9 * S
         cy, rc = rng.uniform(0.4, 0.6) * S, rng.uniform(0.07, 0.1) * S
         if np.hypot(L["cx"] - side, L["cy"] - cy) > R + rc + 4:
-            dist = np.hypot(X - side, Y - cy)
-            wc = np.clip(rc - dist + 0.5, 0, 1)
-            B *= 1 - 0.98 * wc
-            B += 1.5 * np.exp(-((dist - rc) / 1.5) ** 2)
-            alpha -= 0.9 * wc
+            touched.append(_tube(g, (side, cy), 0.0, 0.0, rc, alpha, B, 1.5))
     ri, rj = _rf_window(g, L["cx"], L["cy"], R)
     wl, halo, _ = _lesion_fields(L, X[ri, rj], Y[ri, rj])
     b_ref = float(B[ri, rj].mean())
     echo = cls["echo"]
-    halo_gain = rng.uniform(-0.7, -0.4) if rng.random() < 0.6 else rng.uniform(0.8, 1.5)
-    halo_gain *= 1.0 if echo == "Isoechoic" else (rng.random() < 0.3) * 0.6
+    halo_gain = rng.uniform(-0.85, -0.6) if rng.random() < 0.6 else rng.uniform(1.5, 2.5)
+    halo_gain *= 1.0 if echo == "Isoechoic" else (rng.random() < 0.3) * 0.4
     shadow = (echo == "Hyperechoic" and rng.random() < 0.35) or (
         echo == "Hypoechoic" and (cls["shape"] == "Irregular" or cls["margin"] != "Circumscribed") and rng.random() < 0.4)
     f_att = rng.uniform(3.0, 6.0) if shadow else {"Anechoic": rng.uniform(0.0, 0.2)}.get(echo, rng.uniform(0.8, 1.3))
@@ -312,32 +338,36 @@ def generate_case(seed: int, organ: str = "liver", size: int = 256, attribute_cl
     inside = np.float32(10 ** (lat["echo_db"] / 20) * b_ref)
     B[ri, rj] = (B[ri, rj] * (1 - wl) + inside * wl) * (1 + halo_gain * halo)
     alpha[ri, rj] += (f_att - 1) * wl
-    s_in = p["texture"] * (rng.choice([0.2, 2.5]) if echo == "Isoechoic" else rng.uniform(0.6, 1.5))
-    # scatterer amplitude: tissue x texture x attenuation x TGC, with electronic noise
-    n_ax, n_lat, dr = g["n_ax"], g["n_lat"], g["dr"]
+    touched.append(rj)
+    s_in = (rng.choice([0.2 * p["texture"], min(0.9, max(0.6, 2.5 * p["texture"]))]) if echo == "Isoechoic"
+            else p["texture"] * rng.uniform(0.6, 1.5))
+    # scatterer amplitude (log domain): tissue x texture x attenuation x TGC, then electronic noise
+    n_ax, n_lat, dr, tx = g["n_ax"], g["n_lat"], g["dr"], p["texture"]
     kpx = p["atten_db"] * np.log(10) / 20 / g["depth_px"]
-    cum = np.cumsum(alpha - 1, axis=0) * np.float32(kpx * dr)
     dpx = g["depth"] * g["depth_px"]
     tgc = (kpx * dpx * rng.uniform(0.7, 0.92) + 0.15 * _wavy(rng, g["depth"], 1.0)).astype(np.float32)
-    tex = _smooth_field(rng, (n_ax, n_lat), p["texture_scale"] * S / 256)
-    big = _smooth_field(rng, (n_ax, n_lat), n_ax / 5)
-    tex_s = np.full((n_ax, n_lat), p["texture"], np.float32)
-    tex_s[ri, rj] += (s_in - p["texture"]) * wl
-    logA = np.log(B + 1e-4) + tex_s * tex + 0.12 * big - cum - (kpx * dpx)[:, None]
-    sig_e = 10 ** ((-38 + 22 * lat["noise"]) / 20)
-    amp = np.exp(tgc)[:, None] * np.sqrt(np.exp(2 * logA) + np.float32(sig_e ** 2))
-    rf = np.zeros((g["n_fft"], n_lat), np.float32)
-    rf[:n_ax] = amp * rng.standard_normal((n_ax, n_lat), dtype=np.float32)
-    # lateral beam: narrow at focus, twice as wide far from it
-    wf = np.clip(((g["depth"] - p["focus"]) / 0.5) ** 2, 0, 1)[:, None]
-    bw = p["beam"] * S / 256
-    rf[:n_ax] = (1 - wf) * gaussian_filter1d(rf[:n_ax], bw, axis=1, truncate=3) + wf * gaussian_filter1d(
-        rf[:n_ax], 2 * bw, axis=1, truncate=3)
+    tex = _smooth_field(rng, (n_ax, n_lat), (p["texture_px"] * S / 256 / dr,
+                                             p["texture_px"] * S / 256 / float(np.median(g["px_line"]))))
+    big = _smooth_field(rng, (n_ax, n_lat), (n_ax / 5, n_lat / 5))
+    v = float(tex.var())          # log-normal texture with its mean energy removed: no brightness change
+    logA = np.log(B + np.float32(1e-4))
+    logA += tx * tex
+    logA += 0.12 * big
+    logA += (tgc - kpx * dpx - tx * tx * v)[:, None]
+    s_w = tx + (s_in - tx) * wl
+    logA[ri, rj] += (s_w - tx) * tex[ri, rj] - (s_w * s_w - tx * tx) * v
+    cols = slice(min(c.start for c in touched), max(c.stop for c in touched))   # beams that cross a change
+    logA[:, cols] -= np.cumsum(alpha[:, cols] - 1, axis=0) * np.float32(kpx * dr)
+    noise_row = (10 ** ((-58 + 22 * lat["noise"]) / 20) * np.exp(tgc))[:, None]   # electronic noise, then TGC
+    rf = rng.standard_normal((n_ax, n_lat), dtype=np.float32)
+    rf *= np.hypot(np.exp(logA, out=logA), noise_row)
+    # lateral beam (per-row Gaussian in the line-frequency domain)
+    rf = sfft.irfft(sfft.rfft(rf, n=g["n_lfft"], axis=1) * g["lat_h"], n=g["n_lfft"], axis=1)[:, :n_lat]
     # axial pulse + Hilbert + IQ decimation by 2 in one FFT pair
-    spec = sfft.rfft(rf, axis=0, workers=-1)
+    spec = sfft.rfft(rf, n=g["n_fft"], axis=0)
     base = np.zeros((g["n_fft"] // 2, n_lat), np.complex64)
     base[g["dest"]] = spec[g["band"]] * g["h"]
-    env = np.abs(sfft.ifft(base, axis=0, workers=-1))[: n_ax // 2]
+    env = np.abs(sfft.ifft(base, axis=0))[: n_ax // 2]
     # scan conversion and log compression
     if g["convex"]:
         i0, j0, wi, wj = g["i0"], g["j0"], g["wi"], g["wj"]
@@ -362,8 +392,8 @@ def generate_case(seed: int, organ: str = "liver", size: int = 256, attribute_cl
     diff = {a_: min(1.0, _closeness(a_, lat) + 0.1 * lat["noise"]) for a_ in ATTRIBUTES}
     posterior = "shadowing" if shadow else ("enhancement" if echo == "Anechoic" else "none")
     return SynthCase(image=image, box=box, mask=mask, organ=organ, attributes=cls, latent=lat, difficulty=diff,
-                     seed=int(seed), fov=g["fov"], meta=dict(posterior=posterior, lesion_center=(L["cx"], L["cy"]),
-                                                             lesion_radius=float(a), halo_gain=float(halo_gain)))
+                     seed=int(seed), fov=g["fov"].copy(), meta=dict(posterior=posterior, lesion_center=(L["cx"], L["cy"]),
+                                                             lesion_radius=L["a"], halo_gain=float(halo_gain)))
 
 
 def _rf_window(g: dict, cx: float, cy: float, R: float):
