@@ -5,13 +5,15 @@ without a display; the browsers only wire them to controls and draw into ``widge
 """
 from __future__ import annotations
 
+import base64
+import contextlib
 import html
 import json
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import ipywidgets as widgets
-from IPython.display import HTML, Image as IPImage, display
+
 from PIL import Image
 
 from . import viz
@@ -71,8 +73,35 @@ def _pre(text: str) -> str:
     return f"<pre style='white-space:pre-wrap;font-size:11px'>{html.escape(text or '')}</pre>"
 
 
-def _show(fig) -> None:
-    display(IPImage(data=viz.png_bytes(fig)))
+class _Sink:
+    """Outputs of one redraw, published at once by assigning `Output.outputs`.
+
+    Assigning the trait avoids the Output widget's capture protocol (`with out:`), under which a
+    headless papermill/nbclient run was seen to stall with the kernel idle.
+    """
+
+    def __init__(self):
+        self.items = []
+
+    def text(self, s: str) -> None:
+        self.items.append({"output_type": "stream", "name": "stdout", "text": str(s) + "\n"})
+
+    def html(self, s: str) -> None:
+        self.items.append({"output_type": "display_data", "metadata": {},
+                           "data": {"text/html": s, "text/plain": html.unescape(s)[:200]}})
+
+    def png(self, fig) -> None:
+        self.items.append({"output_type": "display_data", "metadata": {},
+                           "data": {"image/png": base64.b64encode(viz.png_bytes(fig)).decode(), "text/plain": "<figure>"}})
+
+
+@contextlib.contextmanager
+def _publish(out):
+    sink = _Sink()
+    try:
+        yield sink
+    finally:
+        out.outputs = tuple(sink.items)
 
 
 def _table_html(rows: list[dict], keys: Sequence[str]) -> str:
@@ -110,10 +139,9 @@ def sample_browser(samples: Sequence, data_dir, crop_pixels: int) -> widgets.VBo
     def draw(*_):
         if state["busy"]:
             return
-        out.clear_output(wait=True)
-        with out:
+        with _publish(out) as sink:
             if not state["sel"]:
-                print("no sample matches the filters")
+                sink.text("no sample matches the filters")
                 return
             s = state["sel"][min(index.value, len(state["sel"]) - 1)]
             path = Path(s.image_path) if Path(s.image_path).is_absolute() else data_dir / s.image_path
@@ -124,15 +152,15 @@ def sample_browser(samples: Sequence, data_dir, crop_pixels: int) -> widgets.VBo
                 viz.draw_boxes(axes[0, 0], img, [(s.box, viz.TRUE_COLOR, "lesion")])
                 viz.draw_boxes(axes[0, 1], crop_image(img, s.box, crop_pixels), [])
                 axes[0, 1].set_title("crop at the true box", fontsize=8)
-                _show(fig)
+                sink.png(fig)
             else:
-                print(f"image not found: {path}")
+                sink.text(f"image not found: {path}")
             raters = " / ".join(s.rater_labels) if s.rater_labels else "n/a"
             diff = "n/a" if s.difficulty is None else f"{s.difficulty:.2f}"
-            display(HTML(f"<b>{html.escape(s.id)}</b> [{s.split}] {s.organ} | {s.attribute}: <b>{s.label}</b> "
+            sink.html((f"<b>{html.escape(s.id)}</b> [{s.split}] {s.organ} | {s.attribute}: <b>{s.label}</b> "
                          f"| c={s.c} | raters: {html.escape(raters)} | difficulty {diff} | box {list(s.box)}"))
             text = dialogue(s)
-            display(HTML(_pre(text if text is not None else f"question: {s.question}")))
+            sink.html((_pre(text if text is not None else f"question: {s.question}")))
 
     def refilter(*_):
         state["busy"] = True
@@ -166,10 +194,9 @@ def rollout_browser(records_by: dict, images_loader: Callable, crop_pixels: int)
     def draw(*_):
         if state["busy"]:
             return
-        out.clear_output(wait=True)
-        with out:
+        with _publish(out) as sink:
             if case.value is None or not state["sel"]:
-                print("no case matches the filters")
+                sink.text("no case matches the filters")
                 return
             rec = state["sel"][case.value]
             try:
@@ -177,14 +204,14 @@ def rollout_browser(records_by: dict, images_loader: Callable, crop_pixels: int)
             except Exception as e:  # noqa: BLE001 -- show the reason, keep browsing
                 img, why = None, f"{type(e).__name__}: {e}"
             if img is not None:
-                _show(viz.qualitative_case(rec, img, crop_pixels, title=f"{ds.value} / {meth.value}"))
+                sink.png(viz.qualitative_case(rec, img, crop_pixels, title=f"{ds.value} / {meth.value}"))
             else:
-                print(f"no image for {rec['id']}: {why}")
+                sink.text(f"no image for {rec['id']}: {why}")
             rows = rollout_table(rec)
-            display(HTML(_table_html(rows, ["i", "answer", "box", "tool_error", "answer_error",
+            sink.html((_table_html(rows, ["i", "answer", "box", "tool_error", "answer_error",
                                             "loc", "acc", "fmt", "group", "individual", "total"])))
             for r in rows:
-                display(HTML(f"<b>rollout {r['i']}</b> answer: {html.escape(str(r['answer']))}"
+                sink.html((f"<b>rollout {r['i']}</b> answer: {html.escape(str(r['answer']))}"
                              + _pre(f"turn 1: {r['turn1']}\n\nturn 2: {r['turn2']}")))
 
     def refilter(*_):
