@@ -176,18 +176,40 @@ def calibration_metrics(records: Sequence[dict], delta: float = 0.75) -> dict:
                 mean_kappa_c0=float(a["kappas"][a["c"] == 0].mean()) if (a["c"] == 0).any() else float("nan"))
 
 
+def _bootstrap_keys(metrics_fn, records, keys, n_boot: int, seed: int, alpha: float = 0.05) -> dict:
+    """Percentile bootstrap over cases of several metrics from one dict-valued `metrics_fn(records)`.
+
+    Each resample is evaluated once for all keys; indices and quantiles follow `metrics.bootstrap_ci`
+    (same seed -> same resamples), so the intervals equal calling it once per key.
+    """
+    point = metrics_fn(records)
+    n = len(records)
+    if n == 0:
+        return {k: (float(point[k]), np.nan, np.nan) for k in keys}
+    rng = np.random.default_rng(seed)
+    reps = {k: np.empty(n_boot) for k in keys}
+    for b in range(n_boot):
+        idx = rng.integers(0, n, size=n)
+        m = metrics_fn([records[i] for i in idx])
+        for k in keys:
+            reps[k][b] = float(m[k])
+    out = {}
+    for k in keys:
+        r = reps[k][np.isfinite(reps[k])]
+        lo, hi = np.quantile(r, [alpha / 2, 1 - alpha / 2]) if r.size else (np.nan, np.nan)
+        out[k] = (float(point[k]), float(lo), float(hi))
+    return out
+
+
 def bootstrap_greedy(records, n_boot: int = 1000, seed: int = 0) -> dict:
     """95 % bootstrap intervals (resampling cases) for Acc and mIoU: {name: (point, low, high)}."""
-    idx = np.arange(len(records))
-    f = lambda key: (lambda i: greedy_metrics([records[k] for k in i])[key])  # noqa: E731
-    return {k: M.bootstrap_ci(f(k), idx, n_boot=n_boot, seed=seed) for k in ("acc", "miou_c1", "miou_all")}
+    return _bootstrap_keys(greedy_metrics, records, ("acc", "miou_c1", "miou_all"), n_boot, seed)
 
 
 def bootstrap_calibration(records, delta: float = 0.75, n_boot: int = 1000, seed: int = 0) -> dict:
     """95 % bootstrap intervals for SAcc, Align, ECE-10 and Gap: {name: (point, low, high)}."""
-    idx = np.arange(len(records))
-    f = lambda key: (lambda i: calibration_metrics([records[k] for k in i], delta)[key])  # noqa: E731
-    return {k: M.bootstrap_ci(f(k), idx, n_boot=n_boot, seed=seed) for k in ("sacc", "align", "ece10", "gap")}
+    return _bootstrap_keys(lambda recs: calibration_metrics(recs, delta), records, ("sacc", "align", "ece10", "gap"),
+                           n_boot, seed)
 
 
 # ------------------------------------------------------------------ methods x datasets

@@ -71,11 +71,9 @@ def build_tokenizer(corpus: Optional[Iterable[str]] = None, vocab_size: int = 64
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   special_tokens=[], show_progress=False)
     bpe.train_from_iterator(texts, trainer)
-    state = bpe.model.__getstate__() if hasattr(bpe.model, "__getstate__") else None
     import json as _json
     model_json = _json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
-    del state
     tok = Qwen2Tokenizer(vocab=model_json["vocab"], merges=merges, unk_token="<|endoftext|>",
                          eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.add_special_tokens({"additional_special_tokens": [t for t in SPECIAL_TOKENS if t != "<|endoftext|>"]})
