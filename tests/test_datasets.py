@@ -306,3 +306,83 @@ def test_synthetic_splits_disjoint_and_deterministic(synth_dirs):
     files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     assert files_a == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
     assert all((a / p).read_bytes() == (b / p).read_bytes() for p in files_a)
+
+
+# ----------------------------------------------------------------------------- a hostile manifest
+
+def _hostile_root(tmp_path):
+    """Good images in five encodings and bad files of every kind, side by side under one root."""
+    root = tmp_path / "hostile"
+    save_gray(root / "img" / "gray.png")
+    rgba = np.zeros((60, 80, 4), np.uint8)
+    rgba[..., 1], rgba[..., 3] = 150, 128
+    Image.fromarray(rgba, "RGBA").save(root / "img" / "rgba.png")
+    Image.fromarray((np.arange(60 * 80, dtype=np.uint16).reshape(60, 80) * 13)).save(root / "img" / "g16.png")
+    Image.fromarray(np.full((60, 80, 3), 90, np.uint8)).save(root / "img" / "good.jpg", quality=90)
+    Image.fromarray(np.full((60, 80), 3, np.uint8)).convert("P").save(root / "img" / "palette.png")
+    png = (root / "img" / "gray.png").read_bytes()
+    jpg = (root / "img" / "good.jpg").read_bytes()
+    (root / "img" / "truncated.png").write_bytes(png[: len(png) // 2])
+    (root / "img" / "truncated.jpg").write_bytes(jpg[: len(jpg) // 2])
+    (root / "img" / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg" * 3)
+    (root / "img" / "empty.png").write_bytes(b"")
+    (root / "img" / "adir.png").mkdir()
+    save_gray(tmp_path / "outside.png")
+    (root / "img" / "link.png").symlink_to(tmp_path / "outside.png")
+    return root
+
+
+# the path check is lexical: a symlink under the root is followed by design (datasets often link to shared storage)
+GOOD_IMAGES = ["img/gray.png", "img/rgba.png", "img/g16.png", "img/good.jpg", "img/palette.png", "img/link.png"]
+HOSTILE = [  # (field overrides, words expected in the problem)
+    (dict(image="img/missing.png"), "missing"),
+    (dict(image="img/truncated.png"), "cannot read image"),
+    (dict(image="img/truncated.jpg"), "cannot read image"),
+    (dict(image="img/garbage.jpg"), "cannot read image"),
+    (dict(image="img/empty.png"), "cannot read image"),
+    (dict(image="img/adir.png"), "cannot read image"),
+    (dict(image="../outside.png"), "escapes the dataset root"),
+    (dict(box=[5, 6, 90, 30]), "outside"),
+    (dict(box=[-5, 6, 30, 30]), "outside"),
+    (dict(box=[5, 6, 5, 30]), "zero"),
+    (dict(box=[5, 6, "NaN", 30]), "box"),
+    (dict(box="five"), "box"),
+    (dict(label="purple"), "unknown echo label"),
+    (dict(attribute="colour"), "attribute"),
+    (dict(id="gray0"), "duplicate id"),
+]
+
+
+def test_hostile_manifest_reports_each_bad_record_and_keeps_the_good(tmp_path):
+    root = _hostile_root(tmp_path)
+    rows = [dict(GOOD, id=f"gray{i}" if i == 0 else Path(p).stem, image=p) for i, p in enumerate(GOOD_IMAGES)]
+    bad_rows = [dict(dict(GOOD, id=f"bad{i}", image="img/gray.png"), **over) for i, (over, _) in enumerate(HOSTILE)]
+    lines = [json.dumps(r) for r in rows[:2]] + [json.dumps(r) for r in bad_rows[:7]] + ["{not json", ""] \
+        + [json.dumps(r) for r in rows[2:]] + [json.dumps(r) for r in bad_rows[7:]]
+    path = root / "manifest.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+
+    with pytest.raises(SampleError, match="line 3"):  # strict: stops at the first bad record, naming it
+        DS.import_manifest(path)
+    samples, report = DS.import_manifest(path, strict=False)
+    assert sorted(s.id for s in samples) == sorted(r["id"] for r in rows)
+    assert report.n_ok == len(GOOD_IMAGES)
+    problems = dict(report.problems)
+    n_bad = len(HOSTILE) + 1  # + the line that is not JSON
+    assert len(problems) == n_bad, report.problems
+    for row, (_, words) in zip(bad_rows, HOSTILE):
+        hits = [p for rec, p in problems.items() if f"id={row['id']!r}" in rec and row["image"] in rec]
+        assert hits and words in hits[-1], (row, problems)
+    assert any("line 10" in rec for rec in problems)  # the broken JSON line, by number
+
+    # the good ones export as 8-bit RGB PNGs, and a second export beside them loses nothing
+    out = tmp_path / "out"
+    DS.export_samples(samples, root, out, "real_hostile", TINY)
+    for s in samples:
+        im = Image.open(out / "images" / f"{s.id}.png")
+        assert im.mode == "RGB" and im.size == (80, 60)
+    before = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
+    with pytest.raises(SampleError, match="already belong to split 'real_hostile'"):
+        DS.export_samples(samples[:1], root, out, "real_other", TINY)
+    assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == before
+    assert len(DS.load_split(out, "real_hostile")) == len(GOOD_IMAGES)
