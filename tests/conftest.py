@@ -30,3 +30,12 @@ def speckle_image():
     arr = (rng.rayleigh(0.3, (256, 256)).clip(0, 1) * 255).astype("uint8")
     arr[90:150, 60:140] //= 3  # a dark "lesion"
     return Image.fromarray(arr)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One uninterrupted run of the whole chain at the smoke profile, seed 0: (run folder, manifest)."""
+    from zoomdx_lib.pipeline import run_chain
+    run = tmp_path_factory.mktemp("smoke_run")
+    manifest = run_chain("smoke", run, seed=0, log=print)
+    return run, manifest

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display, Markdown
 from zoomdx_lib.config import get_profile
-from zoomdx_lib.pipeline import write_metrics, record_phase
+from zoomdx_lib.pipeline import write_metrics, record_phase, run_path, resolve_run_path
 prof = get_profile(profile, seed=seed)
 run_dir = Path(run_dir).resolve()
 data_dir = run_dir / "data"
@@ -112,7 +112,7 @@ W.sample_browser(all_samples, data_dir, prof.crop_pixels)
 """),
     ("code", """
 write_metrics(run_dir, NOTEBOOK, dict(
-    profile=prof.name, seed=seed, generation_seconds=gen_seconds, cases_per_second=n_images / gen_seconds,
+    profile=prof.name, seed=seed,  # wall-clock times live in phases.json, so metrics compare across runs
     splits={k: dict(n=len(v), c0_rate=sum(s.c == 0 for s in v) / max(1, len(v))) for k, v in samples.items()},
     real=real))
 """),
@@ -193,10 +193,10 @@ viz.prediction_panels(recs, images, prof.crop_pixels, n=6, save_path=fig_dir / "
     ("code", """
 write_metrics(run_dir, NOTEBOOK, dict(
     profile=prof.name, seed=seed,
-    sft_seconds=zoom_sft["seconds"], single_turn_sft_seconds=single_sft["seconds"] if train_single_turn else None,
     final_loss_zoom=(zoom_sft["history_lora"] or zoom_sft["history_full"])[-1]["loss"],
     greedy=table.to_dict(orient="records"),
-    models={m.name: dict(base=m.base, adapter=m.adapter, kind=m.kind) for m in methods}))
+    models={m.name: dict(base=run_path(run_dir, m.base), adapter=run_path(run_dir, m.adapter), kind=m.kind)
+            for m in methods}))
 """),
 ]
 
@@ -228,10 +228,11 @@ also_paper_group = True     # also train the paper-literal `group` estimator row
 grpo_steps = None           # None: the profile's number of steps
 """),
     ("code", COMMON_IMPORTS.replace("{name}", "03_grpo_uncertainty_alignment") + """
-from zoomdx_lib.grpo import run_grpo, log_end_values
-from zoomdx_lib.pipeline import read_metrics
+from zoomdx_lib.grpo import run_grpo, log_end_values, RESULT_KEYS
+from zoomdx_lib.pipeline import read_metrics, resolve_run_path, run_path
 from zoomdx_lib import evaluate as E, viz
-sft = read_metrics(run_dir, "02_sft_zoom_then_diagnose")["models"]["zoom_sft"]
+sft = {k: resolve_run_path(run_dir, v) for k, v in
+       read_metrics(run_dir, "02_sft_zoom_then_diagnose")["models"]["zoom_sft"].items()}
 print("starting from", sft["adapter"])
 """),
     ("code", """
@@ -253,7 +254,7 @@ for variant, est in variants:
 viz.grpo_curves({k: v["log"] for k, v in runs.items()}, save_path=fig_dir / "grpo_curves.png");
 """),
     ("code", """
-end_values = {name: log_end_values(r["log"], last=5) for name, r in runs.items()}
+end_values = {name: log_end_values(r["log"], last=5, keys=RESULT_KEYS) for name, r in runs.items()}
 display(pd.DataFrame(end_values).T.round(3))
 """),
     ("md", "## Greedy Acc / mIoU after each RL variant, next to SFT"),
@@ -270,10 +271,8 @@ display(table[["method", "dataset", "acc", "acc_low", "acc_high", "miou_c1", "to
     ("code", """
 write_metrics(run_dir, NOTEBOOK, dict(
     profile=prof.name, seed=seed, estimator=estimator, end_values=end_values, greedy=table.to_dict(orient="records"),
-    models={name: dict(base=r["base"], adapter=r["adapter"], kind="zoom") for name, r in runs.items()},
-    seconds={name: dict(total=r["seconds"], generation=r["time_generation_s"], update=r["time_update_s"],
-                        per_step_generation=r["time_generation_s"] / max(1, len(r["log"])),
-                        per_step_update=r["time_update_s"] / max(1, len(r["log"]))) for name, r in runs.items()}))
+    models={name: dict(base=run_path(run_dir, r["base"]), adapter=run_path(run_dir, r["adapter"]), kind="zoom")
+            for name, r in runs.items()}))
 """),
 ]
 
@@ -297,10 +296,11 @@ extra_checkpoints = {}      # {"name": "/path/to/Qwen2.5-VL-7B-Instruct"}: zero-
 paper_tables = "../../shared/paper/paper_tables.json"
 """),
     ("code", COMMON_IMPORTS.replace("{name}", "04_calibration_analysis") + """
-from zoomdx_lib.pipeline import read_metrics
+from zoomdx_lib.pipeline import read_metrics, resolve_run_path
 from zoomdx_lib import evaluate as E, metrics as M, tables as TB, viz
-m02 = read_metrics(run_dir, "02_sft_zoom_then_diagnose")["models"]
-m03 = read_metrics(run_dir, "03_grpo_uncertainty_alignment")["models"]
+m02, m03 = ({name: {k: resolve_run_path(run_dir, v) for k, v in m.items()}
+             for name, m in read_metrics(run_dir, nb)["models"].items()}
+            for nb in ("02_sft_zoom_then_diagnose", "03_grpo_uncertainty_alignment"))
 methods = []
 if "single_turn_sft" in m02:
     methods.append(E.Method("single_turn_sft", "single", **{k: m02["single_turn_sft"][k] for k in ("base", "adapter")}))

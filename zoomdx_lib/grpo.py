@@ -242,6 +242,7 @@ def run_grpo(profile, run_dir, variant: str, estimator: str, sft_base: str, sft_
 
 LOG_KEYS = ("reward_total", "reward_loc", "reward_acc", "reward_fmt", "reward_group", "no_signal_share",
             "tool_call_valid", "answer_valid", "mean_iou", "kl", "time_generation_s", "time_update_s")
+RESULT_KEYS = tuple(k for k in LOG_KEYS if not k.startswith("time_"))  # what metrics files keep: no wall-clock
 
 
 def log_end_values(log: Sequence[dict], last: int = 5, keys: Sequence[str] = LOG_KEYS) -> dict:

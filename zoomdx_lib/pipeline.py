@@ -4,7 +4,8 @@
 
 Each notebook gets the parameters `profile`, `run_dir` and `seed` (plus any `--param k=v`),
 is written executed to `run_dir/executed/`, and writes its metrics through `write_metrics`
-to `run_dir/metrics/<notebook>.json`. `run_dir/manifest.json` records the profile, seed,
+to `run_dir/metrics/<notebook>.json` (all of them together in `run_dir/metrics.json` at the end of
+the chain; results only, no wall-clock times). `run_dir/manifest.json` records the profile, seed,
 package versions, git commit and time per notebook. A rerun skips notebooks already done with
 the same parameters and the same notebook source, unless `--force`. A failed notebook stops the
 chain with its name and the failing cell's error. Notebooks added later plug in by number.
@@ -38,6 +39,36 @@ def write_metrics(run_dir, notebook: str, metrics: dict) -> Path:
 
 def read_metrics(run_dir, notebook: str) -> dict:
     return json.loads((Path(run_dir) / "metrics" / f"{notebook}.json").read_text())
+
+
+def run_path(run_dir, path) -> Optional[str]:
+    """`path` relative to `run_dir` when it lies inside it (so metrics do not depend on where the run
+    folder is), otherwise unchanged (a model id or an outside checkpoint). None stays None."""
+    if path is None:
+        return None
+    p, root = Path(path), Path(run_dir).resolve()
+    return str(p.resolve().relative_to(root)) if p.is_absolute() and p.resolve().is_relative_to(root) else str(path)
+
+
+def resolve_run_path(run_dir, path) -> Optional[str]:
+    """Inverse of `run_path`: a path stored relative to the run folder becomes absolute again."""
+    if path is None:
+        return None
+    inside = Path(run_dir) / path
+    return str(inside) if not Path(path).is_absolute() and inside.exists() else str(path)
+
+
+def collect_metrics(run_dir) -> Path:
+    """Write `run_dir/metrics.json`: every notebook's metrics under its name, in notebook order.
+
+    It holds results only (wall-clock times are in phases.json and manifest.json), so two runs
+    with the same profile and seed can be compared file to file.
+    """
+    run_dir = Path(run_dir)
+    merged = {p.stem: json.loads(p.read_text()) for p in sorted((run_dir / "metrics").glob("*.json"))}
+    path = run_dir / "metrics.json"
+    atomic_write_json(path, merged)
+    return path
 
 
 def record_phase(run_dir, notebook: str, phase: str, seconds: float) -> None:
@@ -141,6 +172,7 @@ def run_chain(profile: str, run_dir, notebooks_dir=DEFAULT_NOTEBOOKS, force: boo
     manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest["total_seconds"] = round(sum(e.get("seconds", 0) for e in manifest["notebooks"].values()), 2)
     atomic_write_json(manifest_path, manifest)
+    collect_metrics(run_dir)
     if publish_figures and (run_dir / "figures").exists():
         dest = Path(publish_figures)
         dest.mkdir(parents=True, exist_ok=True)
