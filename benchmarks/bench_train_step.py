@@ -2,8 +2,9 @@
 
     python benchmarks/bench_train_step.py [--profile cpu] [--batch 8 16] [--lora]
 
-Prints the median step time (forward + backward + AdamW) and the parameter counts; with --lora the
-paper's LoRA (r=32, LM + merger) is trained instead of every weight.
+Prints the median step time (forward + backward + AdamW), the parameter counts and the FLOP floor of
+the step (its counted forward + backward FLOPs over this machine's measured matmul rate, see
+benchmarks/flops.py); with --lora the paper's LoRA (r=32, LM + merger) is trained instead of every weight.
 """
 import argparse
 import statistics
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from flops import count_flops, floor_line, matmul_rate
 from zoomdx_lib import chat
 from zoomdx_lib.config import get_profile
 from zoomdx_lib.models import build_tiny_checkpoint, load_model_and_processor, lora_config, parameter_report
@@ -47,6 +49,8 @@ def main():
           f"{torch.get_num_threads()} threads")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
+    rate = matmul_rate()
+    print(f"machine: {rate / 1e9:.1f} GFLOP/s fp32 matmul with {torch.get_num_threads()} threads")
     for bs in args.batch:
         times = []
         for _ in range(args.repeats + 1):
@@ -57,7 +61,10 @@ def main():
             opt.step()
             times.append(time.perf_counter() - t0)
         med = statistics.median(times[1:])
+        flops, _ = count_flops(lambda: sft_loss(model, [ex] * bs, processor).backward())
+        opt.zero_grad()
         print(f"batch {bs:3d}: {med:.3f} s/step, {bs / med:.1f} dialogues/s")
+        print("  " + floor_line(f"SFT step, batch {bs}", flops, med, rate))
 
 
 if __name__ == "__main__":

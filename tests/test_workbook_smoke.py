@@ -9,11 +9,14 @@ import math
 
 import pandas as pd
 import pytest
+import torch
 
 from zoomdx_lib import evaluate as E
 from zoomdx_lib import tables as TB
+from zoomdx_lib.config import get_profile
 from zoomdx_lib.pipeline import read_metrics, run_chain  # smoke_run: tests/conftest.py
 
+SMOKE_WARMUP_STEPS = get_profile("smoke").sft_warmup_steps
 NOTEBOOKS = ["01_data_construction", "02_sft_zoom_then_diagnose", "03_grpo_uncertainty_alignment",
              "04_calibration_analysis", "05_rollout_browser"]
 
@@ -67,3 +70,25 @@ def test_rerun_skips_finished_notebooks(smoke_run):
     lines = []
     run_chain("smoke", run, seed=0, log=lines.append)
     assert sum("skipped" in ln for ln in lines) == len(NOTEBOOKS)
+
+
+@pytest.mark.slow
+def test_vision_warmup_examples_and_stage(smoke_run):
+    from zoomdx_lib.models import load_model_and_processor
+    from zoomdx_lib.sft import load_dialogue_examples, load_warmup_examples
+    run, _ = smoke_run
+    _, processor = load_model_and_processor(run / "models" / "tiny_init")
+    for mode in ("zoom", "single"):
+        warm = load_warmup_examples(run / "data", "train", processor, mode, limit=5)
+        full = load_dialogue_examples(run / "data", "train", processor, mode, limit=5)
+        for w, d in zip(warm, full):
+            assert w.sample_id == d.sample_id and len(w.images) == 1
+            # the warm-up image is the dialogue's crop (zoom) or its full image (single)
+            same = d.images[-1] if mode == "zoom" else d.images[0]
+            assert torch.equal(w.images[0][0], same[0])
+            target = processor.tokenizer.decode([t for t, m in zip(w.ids, w.mask) if m])
+            assert target.startswith("<answer>") and target.endswith("</answer><|im_end|>"), target
+            assert target.replace("<|im_end|>", "") in processor.tokenizer.decode(d.ids)
+            assert len(w.ids) < len(d.ids)
+        rows = (run / "checkpoints" / f"sft_{mode}_warmup" / "loss.csv").read_text().splitlines()[1:]
+        assert len(rows) == SMOKE_WARMUP_STEPS

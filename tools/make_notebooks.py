@@ -134,7 +134,10 @@ Paper §2.2 and the Acc/mIoU half of §3.1. The model learns the two-turn format
 Loss is on the assistant tokens of both turns, with both images in context. The paper trains LoRA (r=32,
 language model + merger, vision tower frozen) on the pretrained Qwen2.5-VL-7B. The offline tiny model
 starts from random weights, so it first gets a from-scratch stage that trains every weight, then the
-paper's LoRA stage. A **single-turn** model (diagnose without zooming) is trained on the same budget for
+paper's LoRA stage. The from-scratch stage opens with a short **vision warm-up** (profile field
+`sft_warmup_steps`): one image and the question, answered with the answer tag only (the crop of the
+true box for the zoom model, the full image for the single-turn one), so the random vision tower
+learns to see on cheap ~50-token steps before the ~215-token dialogues. A **single-turn** model (diagnose without zooming) is trained on the same budget for
 the "no zoom" row.
 """),
     ("params", """
@@ -160,9 +163,10 @@ if train_single_turn:
     print(f"single-turn SFT: {single_sft['seconds']:.0f} s")
 """),
     ("code", """
-curves = {"zoom · full": zoom_sft["history_full"], "zoom · LoRA": zoom_sft["history_lora"]}
+stages = [("warm-up", "history_warmup"), ("full", "history_full"), ("LoRA", "history_lora")]
+curves = {f"zoom · {label}": zoom_sft[key] for label, key in stages}
 if train_single_turn:
-    curves.update({"single · full": single_sft["history_full"], "single · LoRA": single_sft["history_lora"]})
+    curves.update({f"single · {label}": single_sft[key] for label, key in stages})
 viz.loss_curve({k: v for k, v in curves.items() if v}, save_path=fig_dir / "sft_loss.png");
 """),
     ("md", """

@@ -1,4 +1,6 @@
 """Tiny helper used by `tools/make_notebooks.py`: build a notebook from (kind, source) cells."""
+import hashlib
+
 import nbformat
 
 
@@ -14,6 +16,8 @@ def build(cells, path):
             if kind == "params":
                 cell.metadata["tags"] = ["parameters"]
             out.append(cell)
+    for i, cell in enumerate(out):  # stable ids: regenerating an unchanged notebook changes nothing
+        cell.id = hashlib.sha1(f"{path.name if hasattr(path, 'name') else path}:{i}:{cell.source}".encode()).hexdigest()[:8]
     nb.cells = out
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}

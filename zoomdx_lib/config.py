@@ -54,6 +54,7 @@ class Profile:
     max_pixels: int = 224 * 224
     crop_pixels: int = 112 * 112
     # SFT: an optional from-scratch stage (tiny model only), then LoRA as in the paper
+    sft_warmup_steps: int = 0             # tiny model only: short look-and-answer steps before the dialogues
     sft_full_steps: int = 600
     sft_lora_steps: int = 150
     sft_batch_size: int = 16
@@ -91,7 +92,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", n_train_per_organ=48, n_test_per_organ=12, n_real_test=8,
-        sft_full_steps=30, sft_lora_steps=10, sft_batch_size=8, checkpoint_every=10,
+        sft_warmup_steps=10, sft_full_steps=30, sft_lora_steps=10, sft_batch_size=8, checkpoint_every=10,
         grpo_steps=2, grpo_prompts_per_step=1, eval_rollouts=8, eval_batch_size=16,
         max_new_tokens_turn1=64, max_new_tokens_turn2=48, bootstrap_samples=200,
         tiny=dict(text_hidden=64, text_layers=2, text_heads=2, text_kv_heads=1, text_intermediate=128,
