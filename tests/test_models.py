@@ -89,3 +89,25 @@ def test_pickle_only_checkpoint_refused(tmp_path):
         assert "safetensors" in str(err) and "pytorch_model.bin" in str(err)
     else:
         raise AssertionError("a pickle-only checkpoint must be refused")
+
+
+def test_tiny_mrope_resolves_width_and_height(tiny):
+    """The rotary angle between two image tokens one column (or one row) apart, through the model's own
+    rotary module: with interleaved sections both axes get high frequencies, unlike [t, h, w] blocks."""
+    model, _ = tiny
+    rotary = model.model.language_model.rotary_emb
+    x = torch.zeros(1, dtype=torch.float32)
+
+    def angles(pos):  # (3, 1, 1) positions t, h, w -> the angle of every rotary frequency
+        cos, sin = rotary(x, torch.tensor(pos, dtype=torch.long).view(3, 1, 1))
+        return torch.atan2(sin, cos)[0, 0]
+
+    origin = angles([5, 5, 5])
+    for axis in (1, 2):  # one step along height, then along width
+        pos = [5, 5, 5]
+        pos[axis] += 1
+        step = (angles(pos) - origin).abs()
+        assert step.max() > 0.25, (axis, step.max())     # a fast frequency (blocks: < 0.01 for width)
+        assert (step > 1e-6).float().mean() < 0.5         # and only its own third of them moves
+    sections = model.config.text_config.rope_parameters["mrope_section"]
+    assert sum(sections) == model.config.text_config.hidden_size // model.config.text_config.num_attention_heads // 2

@@ -228,7 +228,7 @@ profile = "smoke"
 run_dir = "../runs/smoke"
 seed = 0
 estimator = "credit"        # group | batch | credit
-also_paper_group = True     # also train the paper-literal `group` estimator row
+also_paper_group = None     # also train the paper-literal `group` estimator row (None: the profile's choice)
 grpo_steps = None           # None: the profile's number of steps
 """),
     ("code", COMMON_IMPORTS.replace("{name}", "03_grpo_uncertainty_alignment") + """
@@ -241,6 +241,8 @@ print("starting from", sft["adapter"])
 """),
     ("code", """
 variants = [("accuracy_only", "group"), ("uncertainty", estimator)]
+if also_paper_group is None:
+    also_paper_group = prof.grpo_paper_group_row
 if also_paper_group and estimator != "group":
     variants.append(("uncertainty", "group"))
 runs = {}
