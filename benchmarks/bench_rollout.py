@@ -1,7 +1,7 @@
 """Rollout throughput: the batched engine (all B x G rows per generate call) vs one rollout at a time.
 
     python benchmarks/bench_rollout.py [--model runs/cpu/models/sft_zoom_full --adapter runs/cpu/models/sft_zoom_lora]
-                                        [--prompts 2] [--G 8] [--profile cpu]
+                                        [--prompts 8] [--G 8] [--profile cpu]
 
 Without --model a freshly built tiny model (the profile's size) is used; it rarely stops early, so both
 engines generate the full token budget and the comparison is like for like. Prints trajectories/s of
@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--model", default=None)
     ap.add_argument("--adapter", default=None)
     ap.add_argument("--data", default=None, help="a run's data folder; default: freshly generated cases")
-    ap.add_argument("--prompts", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--G", type=int, default=8)
     args = ap.parse_args()
     torch.set_num_threads(2)
