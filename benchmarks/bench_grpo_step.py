@@ -8,43 +8,21 @@ Without --model a freshly built tiny model of the profile's size is used (it rar
 every rollout runs the full token budget). Prints the median generation and update seconds per step,
 the step's counted FLOPs (generation + update) and its floor on this machine's measured matmul rate.
 """
-import argparse
 import statistics
-import tempfile
 
 import torch
 
+from bench_setup import parser, setup
 from flops import count_flops, floor_line, matmul_rate
-from zoomdx_lib.config import get_profile
-from zoomdx_lib.evaluate import load_items
 from zoomdx_lib.grpo import GRPOConfig, grpo_step
-from zoomdx_lib.models import build_tiny_checkpoint, load_model_and_processor, lora_config
-
-
-def synthetic_items(n, size):
-    from zoomdx_lib.synth import generate_samples
-    out = []
-    for s, img in generate_samples("breast", n, seed=321, size=size):
-        s.question = "Analyze the echo feature of the ultrasound image."
-        out.append((s, img))
-    return out
+from zoomdx_lib.models import load_model_and_processor, lora_config
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--adapter", default=None)
-    ap.add_argument("--data", default=None, help="a run's data folder; default: freshly generated cases")
-    ap.add_argument("--prompts", type=int, default=2)
+    ap = parser(__doc__, prompts=2)
     ap.add_argument("--steps", type=int, default=4)
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    prof = get_profile(args.profile)
-    path = args.model
-    if path is None:
-        path = tempfile.mkdtemp()
-        build_tiny_checkpoint(path, prof.min_pixels, prof.max_pixels, 0, **prof.tiny)
+    prof, path, items = setup(args, "train", args.prompts * (args.steps + 1))
     model, processor = load_model_and_processor(path)
     if args.adapter:
         from peft import PeftModel
@@ -52,15 +30,13 @@ def main():
     else:
         from peft import get_peft_model
         model = get_peft_model(model, lora_config(prof.hp.lora_rank, prof.hp.lora_alpha, prof.hp.lora_dropout))
-    items = (load_items(args.data, "train")[:args.prompts * (args.steps + 1)] if args.data
-             else synthetic_items(args.prompts * (args.steps + 1), prof.image_size))
     cfg = GRPOConfig(steps=args.steps, prompts_per_step=args.prompts, lr=prof.grpo_lr, variant="uncertainty",
                      estimator=prof.grpo_estimator, max_new_tokens=(prof.max_new_tokens_turn1, prof.max_new_tokens_turn2),
                      crop_pixels=prof.crop_pixels, hp=prof.hp)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     batches = [items[i * args.prompts:(i + 1) * args.prompts] for i in range(args.steps + 1)]
     torch.manual_seed(0)
-    flops, first = count_flops(lambda: grpo_step(model, processor, batches[0], cfg, opt))  # also the warm-up
+    flops, _ = count_flops(lambda: grpo_step(model, processor, batches[0], cfg, opt))  # also the warm-up
     rows = [grpo_step(model, processor, b, cfg, opt) for b in batches[1:]]
     gen = statistics.median(r["time_generation_s"] for r in rows)
     upd = statistics.median(r["time_update_s"] for r in rows)

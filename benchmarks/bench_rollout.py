@@ -7,44 +7,21 @@ Without --model a freshly built tiny model (the profile's size) is used; it rare
 engines generate the full token budget and the comparison is like for like. Prints trajectories/s of
 both and their ratio, measured in this one run.
 """
-import argparse
-import tempfile
 import time
 
 import torch
 
-from zoomdx_lib.config import get_profile
-from zoomdx_lib.evaluate import Method, load_items, load_policy
-from zoomdx_lib.models import build_tiny_checkpoint
+from bench_setup import parser, setup
+from zoomdx_lib.evaluate import Method, load_policy
 from zoomdx_lib.rollout import HFPolicy, rollout
 
 
-def synthetic_items(n, size):
-    from zoomdx_lib.synth import generate_samples
-    out = []
-    for s, img in generate_samples("liver", n, seed=123, size=size):
-        s.question = "Analyze the echo feature of the ultrasound image."
-        out.append((s, img))
-    return out
-
-
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--adapter", default=None)
-    ap.add_argument("--data", default=None, help="a run's data folder; default: freshly generated cases")
-    ap.add_argument("--prompts", type=int, default=8)
+    ap = parser(__doc__, prompts=8)
     ap.add_argument("--G", type=int, default=8)
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    prof = get_profile(args.profile)
-    path = args.model
-    if path is None:
-        path = tempfile.mkdtemp()
-        build_tiny_checkpoint(path, prof.min_pixels, prof.max_pixels, 0, **prof.tiny)
+    prof, path, items = setup(args, "test_liver", args.prompts)
     model, processor = load_policy(Method("bench", "zoom", path, args.adapter))
-    items = load_items(args.data, "test_liver")[:args.prompts] if args.data else synthetic_items(args.prompts, prof.image_size)
     kw = dict(do_sample=True, temperature=prof.hp.temperature, crop_pixels=prof.crop_pixels,
               max_new_tokens=(prof.max_new_tokens_turn1, prof.max_new_tokens_turn2))
     policy = HFPolicy(model, processor)
