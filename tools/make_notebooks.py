@@ -134,10 +134,10 @@ Paper §2.2 and the Acc/mIoU half of §3.1. The model learns the two-turn format
 Loss is on the assistant tokens of both turns, with both images in context. The paper trains LoRA (r=32,
 language model + merger, vision tower frozen) on the pretrained Qwen2.5-VL-7B. The offline tiny model
 starts from random weights, so it first gets a from-scratch stage that trains every weight, then the
-paper's LoRA stage. The from-scratch stage opens with a short **vision warm-up** (profile field
-`sft_warmup_steps`): one image and the question, answered with the answer tag only (the crop of the
-true box for the zoom model, the full image for the single-turn one), so the random vision tower
-learns to see on cheap ~50-token steps before the ~215-token dialogues. A **single-turn** model (diagnose without zooming) is trained on the same budget for
+paper's LoRA stage. The from-scratch stage can open with a short **vision warm-up** (profile field
+`sft_warmup_steps`; 10 steps in smoke, off in cpu, where it did not raise accuracy): one image and the
+question, answered with the answer tag only (the crop of the true box for the zoom model, the full image
+for the single-turn one), cheap ~50-token steps before the ~215-token dialogues. A **single-turn** model (diagnose without zooming) is trained on the same budget for
 the "no zoom" row.
 """),
     ("params", """

@@ -42,7 +42,7 @@ def load_policy(method: Method, device: str = "cpu", merge: bool = True):
 
     merge=True folds the adapter into the base weights (`merge_and_unload`): the same function,
     without the extra low-rank matmuls, scalings and additions of every adapted layer on each
-    decoding step (about half the generation time of the tiny model on CPU).
+    decoding step (1.3x more trajectories/s for the tiny cpu model in an 8-rollout evaluation batch).
     """
     from .models import load_model_and_processor
 

@@ -9,7 +9,6 @@ lines and keeps `mm_token_type_ids` (3-D mRoPE) and the two-image batches under 
 from __future__ import annotations
 
 import csv
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -46,6 +45,14 @@ def encode_conversation(processor, text: str, images, sample_id: str = "") -> SF
                       images=list(zip(enc.pixel_values, enc.grid_thw)), sample_id=sample_id)
 
 
+def _dialogue_records(data_dir, split: str, single: bool, limit: Optional[int], progress: bool, desc: str):
+    """The first `limit` dialogue records of a split (all when None), under a progress bar if asked."""
+    from .datasets import load_dialogues
+
+    records = load_dialogues(data_dir, split, single)[:limit]
+    return tqdm(records, desc=desc, leave=False) if (progress and tqdm) else records
+
+
 def load_dialogue_examples(data_dir, split: str, processor, mode: str = "zoom", limit: Optional[int] = None,
                            progress: bool = False) -> list[SFTExample]:
     """SFT examples from `data_dir/dialogues_{split}.jsonl`.
@@ -58,13 +65,8 @@ def load_dialogue_examples(data_dir, split: str, processor, mode: str = "zoom", 
     if mode not in ("zoom", "single"):
         raise ValueError(f"unknown SFT mode {mode!r}; use 'zoom' or 'single'")
     data_dir = Path(data_dir)
-    name = f"dialogues_single_{split}.jsonl" if mode == "single" else f"dialogues_{split}.jsonl"
-    lines = (data_dir / name).read_text().splitlines()
-    lines = lines[:limit] if limit else lines
-    it = tqdm(lines, desc=f"encode {split} ({mode})", leave=False) if (progress and tqdm) else lines
     out = []
-    for line in it:
-        rec = json.loads(line)
+    for rec in _dialogue_records(data_dir, split, mode == "single", limit, progress, f"encode {split} ({mode})"):
         msgs = rec["messages"]
         paths = [part["image"] for m in msgs if isinstance(m["content"], list)
                  for part in m["content"] if part.get("type") == "image"]
@@ -88,12 +90,8 @@ def load_warmup_examples(data_dir, split: str, processor, mode: str = "zoom", li
     from PIL import Image
 
     data_dir = Path(data_dir)
-    lines = (data_dir / f"dialogues_{split}.jsonl").read_text().splitlines()
-    lines = lines[:limit] if limit else lines
-    it = tqdm(lines, desc=f"encode warm-up {split} ({mode})", leave=False) if (progress and tqdm) else lines
     out = []
-    for line in it:
-        rec = json.loads(line)
+    for rec in _dialogue_records(data_dir, split, False, limit, progress, f"encode warm-up {split} ({mode})"):
         user, _, crop_turn, turn2 = rec["messages"]
         question = next(p["text"] for p in user["content"] if p.get("type") == "text")
         image = next(p["image"] for p in (crop_turn if mode == "zoom" else user)["content"] if p.get("type") == "image")
