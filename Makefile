@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 workbook: install
-	$(PY) -m zoomdx_lib.pipeline --profile $(PROFILE) --out $(RUN) $(PUBLISH) $(ARGS)
+	$(PY) -m zoomdx_lib.workbook.runner --profile $(PROFILE) --out $(RUN) $(PUBLISH) $(ARGS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -8,14 +8,15 @@ Without --model a freshly built tiny model of the profile's size is used (it rar
 every rollout runs the full token budget). Prints the median generation and update seconds per step,
 the step's counted FLOPs (generation + update) and its floor on this machine's measured matmul rate.
 """
+import dataclasses
 import statistics
 
 import torch
 
 from bench_setup import parser, setup
 from flops import count_flops, floor_line, matmul_rate
-from zoomdx_lib.grpo import GRPOConfig, grpo_step
-from zoomdx_lib.models import load_model_and_processor, lora_config
+from zoomdx_lib.train.grpo import grpo_step
+from zoomdx_lib.model.load import load_model_and_processor, lora_config
 
 
 def main():
@@ -30,14 +31,12 @@ def main():
     else:
         from peft import get_peft_model
         model = get_peft_model(model, lora_config(prof.hp.lora_rank, prof.hp.lora_alpha, prof.hp.lora_dropout))
-    cfg = GRPOConfig(steps=args.steps, prompts_per_step=args.prompts, lr=prof.grpo_lr, variant="uncertainty",
-                     estimator=prof.grpo_estimator, max_new_tokens=(prof.max_new_tokens_turn1, prof.max_new_tokens_turn2),
-                     crop_pixels=prof.crop_pixels, hp=prof.hp)
+    cfg = dataclasses.replace(prof.grpo, steps=args.steps, prompts_per_step=args.prompts)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     batches = [items[i * args.prompts:(i + 1) * args.prompts] for i in range(args.steps + 1)]
     torch.manual_seed(0)
-    flops, _ = count_flops(lambda: grpo_step(model, processor, batches[0], cfg, opt))  # also the warm-up
-    rows = [grpo_step(model, processor, b, cfg, opt) for b in batches[1:]]
+    flops, _ = count_flops(lambda: grpo_step(model, processor, batches[0], cfg, opt, "uncertainty", prof.rollout, prof.hp))  # also the warm-up
+    rows = [grpo_step(model, processor, b, cfg, opt, "uncertainty", prof.rollout, prof.hp) for b in batches[1:]]
     gen = statistics.median(r["time_generation_s"] for r in rows)
     upd = statistics.median(r["time_update_s"] for r in rows)
     rate = matmul_rate()

@@ -12,8 +12,8 @@ import time
 import torch
 
 from bench_setup import parser, setup
-from zoomdx_lib.evaluate import Method, load_policy
-from zoomdx_lib.rollout import HFPolicy, rollout
+from zoomdx_lib.model.load import load_policy
+from zoomdx_lib.rl.rollout import HFPolicy, rollout
 
 
 def main():
@@ -21,9 +21,9 @@ def main():
     ap.add_argument("--G", type=int, default=8)
     args = ap.parse_args()
     prof, path, items = setup(args, "test_liver", args.prompts)
-    model, processor = load_policy(Method("bench", "zoom", path, args.adapter))
-    kw = dict(do_sample=True, temperature=prof.hp.temperature, crop_pixels=prof.crop_pixels,
-              max_new_tokens=(prof.max_new_tokens_turn1, prof.max_new_tokens_turn2))
+    model, processor = load_policy(path, args.adapter)
+    kw = dict(do_sample=True, temperature=prof.hp.temperature, crop_pixels=prof.rollout.crop_pixels,
+              max_new_tokens=prof.rollout.max_new_tokens)
     policy = HFPolicy(model, processor)
     rollout(items[:1], policy, processor, group_size=2, **kw)  # warm-up
     torch.manual_seed(0)

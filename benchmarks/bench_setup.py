@@ -5,8 +5,8 @@ import tempfile
 import torch
 
 from zoomdx_lib.config import get_profile
-from zoomdx_lib.evaluate import load_items
-from zoomdx_lib.models import build_tiny_checkpoint
+from zoomdx_lib.data.store import load_items
+from zoomdx_lib.model.build import build_tiny_checkpoint
 
 
 def parser(doc: str, prompts: int) -> argparse.ArgumentParser:
@@ -28,12 +28,12 @@ def setup(args, split: str, n: int):
     path = args.model
     if path is None:
         path = tempfile.mkdtemp()
-        build_tiny_checkpoint(path, prof.min_pixels, prof.max_pixels, 0, **prof.tiny)
+        build_tiny_checkpoint(path, prof.model.min_pixels, prof.model.max_pixels, 0, **prof.model.tiny)
     if args.data:
         return prof, path, load_items(args.data, split)[:n]
-    from zoomdx_lib.synth import generate_samples
+    from zoomdx_lib.data.synth import generate_samples
     items = []
-    for s, img in generate_samples("liver", n, seed=123, size=prof.image_size):
+    for s, img in generate_samples("liver", n, seed=123, size=prof.data.image_size):
         s.question = "Analyze the echo feature of the ultrasound image."
         items.append((s, img))
     return prof, path, items

@@ -8,7 +8,7 @@ Single process, whatever BLAS/FFT threads the machine gives; the ratio is measur
 import argparse
 import time
 
-from zoomdx_lib.synth import ORGAN_PRESETS, generate_case
+from zoomdx_lib.data.synth import ORGAN_PRESETS, generate_case
 
 TARGET = 50.0
 

@@ -16,10 +16,11 @@ import torch
 from PIL import Image
 
 from flops import count_flops, floor_line, matmul_rate
-from zoomdx_lib import chat
+from zoomdx_lib.model import chat
 from zoomdx_lib.config import get_profile
-from zoomdx_lib.models import build_tiny_checkpoint, load_model_and_processor, lora_config, parameter_report
-from zoomdx_lib.sft import encode_conversation, sft_loss
+from zoomdx_lib.model.build import build_tiny_checkpoint
+from zoomdx_lib.model.load import load_model_and_processor, lora_config, parameter_report
+from zoomdx_lib.train.sft import encode_conversation, sft_loss
 
 TURN1 = ('<think>Scanning the ultrasound image... I need to focus on the lesion region before judging its '
          'echogenicity.</think>\n<tool_call>{"bbox_2d": [52, 84, 126, 140]}</tool_call>')
@@ -36,7 +37,7 @@ def main():
     args = ap.parse_args()
     prof = get_profile(args.profile)
     path = tempfile.mkdtemp()
-    build_tiny_checkpoint(path, prof.min_pixels, prof.max_pixels, 0, **prof.tiny)
+    build_tiny_checkpoint(path, prof.model.min_pixels, prof.model.max_pixels, 0, **prof.model.tiny)
     model, processor = load_model_and_processor(path)
     if args.lora:
         from peft import get_peft_model

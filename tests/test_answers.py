@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zoomdx_lib.answers import INVALID, Answer, extract_answer, format_answer, normalise_label
+from zoomdx_lib.protocol import INVALID, Answer, extract_answer, format_answer, normalise_label
 from zoomdx_lib.schema import ATTRIBUTE_LABELS
 
 SYNONYMS = {

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoomdx_lib import datasets as DS
+from zoomdx_lib.data import images, importers, store
 from zoomdx_lib.config import get_profile
-from zoomdx_lib.dialogue import parse_dialogue
+from zoomdx_lib.data.dialogue import parse_dialogue
 from zoomdx_lib.geometry import model_input_size
 from zoomdx_lib.schema import SampleError
 
-BUS_BRA = Path("/work/shared/data/bus_bra")
-TINY = get_profile("smoke", n_train_per_organ=6, n_test_per_organ=3)
+TINY = get_profile("smoke", data__n_train_per_organ=6, data__n_test_per_organ=3)
 
 
 def save_gray(path, h=60, w=80, value=100):
@@ -49,13 +48,13 @@ def test_mask_to_boxes_pixel_edges_and_8_connectivity():
     m[2:5, 3:9] = True     # 18 px, cols 3..8 -> x1=3, x2=9
     m[5, 9] = True         # touches (4, 8) diagonally: same component under 8-connectivity
     m[15:17, 15:17] = True
-    assert DS.mask_to_boxes(m) == [(3.0, 2.0, 10.0, 6.0)]
-    assert DS.mask_to_boxes(m, all_components=True) == [(3.0, 2.0, 10.0, 6.0), (15.0, 15.0, 17.0, 17.0)]
-    assert DS.mask_to_boxes(np.zeros((4, 4), bool)) == []
+    assert images.mask_to_boxes(m) == [(3.0, 2.0, 10.0, 6.0)]
+    assert images.mask_to_boxes(m, all_components=True) == [(3.0, 2.0, 10.0, 6.0), (15.0, 15.0, 17.0, 17.0)]
+    assert images.mask_to_boxes(np.zeros((4, 4), bool)) == []
 
 
 def test_import_busi_largest_component_and_proxy_labels(busi):
-    samples, report = DS.import_busi(busi)
+    samples, report = importers.import_busi(busi)
     by_id = {s.id: s for s in samples}
     assert set(by_id) == {"benign_1", "malignant_1"}
     b = by_id["benign_1"]
@@ -69,16 +68,16 @@ def test_import_busi_largest_component_and_proxy_labels(busi):
 
 
 def test_import_busi_all_components_and_label_map(busi):
-    samples, _ = DS.import_busi(busi, all_components=True, default_c=0)
+    samples, _ = importers.import_busi(busi, all_components=True, default_c=0)
     ids = sorted(s.id for s in samples)
     assert ids == ["benign_1_c1", "benign_1_c2", "malignant_1_c1", "malignant_1_c2"]
     boxes = {s.id: s.box for s in samples}
     assert boxes["benign_1_c1"] == (10.0, 5.0, 30.0, 25.0) and boxes["benign_1_c2"] == (50.0, 40.0, 55.0, 44.0)
     assert all(s.c == 0 for s in samples)
-    s2, _ = DS.import_busi(busi, attribute="shape", label_map={"benign": "Oval", "malignant": "Irregular"})
+    s2, _ = importers.import_busi(busi, attribute="shape", label_map={"benign": "Oval", "malignant": "Irregular"})
     assert {s.label for s in s2} == {"Oval", "Irregular"}
     with pytest.raises(ValueError, match="label_map"):
-        DS.import_busi(busi, attribute="echo")
+        importers.import_busi(busi, attribute="echo")
 
 
 def test_import_busi_bad_records(busi):
@@ -92,8 +91,8 @@ def test_import_busi_bad_records(busi):
     (busi / "benign" / "benign (5).png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     save_mask(busi / "benign" / "benign (5)_mask.png", [(1, 1, 5, 5)])
     with pytest.raises(SampleError, match=r"benign/benign \(2\)\.png: no mask file"):
-        DS.import_busi(busi)
-    samples, report = DS.import_busi(busi, strict=False)
+        importers.import_busi(busi)
+    samples, report = importers.import_busi(busi, strict=False)
     assert sorted(s.id for s in samples) == ["benign_1", "malignant_1"]
     problems = dict(report.problems)
     assert "no mask" in problems["benign/benign (2).png"]
@@ -143,10 +142,10 @@ def test_manifest_each_bad_record_named(mroot, case):
     bad = dict(GOOD, **over)
     path = write_manifest(mroot, [GOOD, bad])
     with pytest.raises(SampleError) as e:
-        DS.import_manifest(path)
+        importers.import_manifest(path)
     msg = str(e.value)
     assert "line 2" in msg and f"id={bad['id']!r}" in msg and bad["image"] in msg and words in msg, msg
-    samples, report = DS.import_manifest(path, strict=False)
+    samples, report = importers.import_manifest(path, strict=False)
     assert [s.id for s in samples] == ["ok"] and report.n_ok == 1
     assert len(report.problems) == 1 and "line 2" in report.problems[0][0] and words in report.problems[0][1]
 
@@ -154,9 +153,9 @@ def test_manifest_each_bad_record_named(mroot, case):
 def test_manifest_absolute_path_outside_root(mroot, tmp_path):
     path = write_manifest(mroot, [dict(GOOD, image=str(tmp_path / "outside.png"))])
     with pytest.raises(SampleError, match="escapes the dataset root"):
-        DS.import_manifest(path)
+        importers.import_manifest(path)
     inside = write_manifest(mroot, [dict(GOOD, image=str(mroot / "img" / "a.png"))], "inside.jsonl")
-    assert DS.import_manifest(inside)[0][0].image_path == "img/a.png"  # absolute but under root: fine
+    assert importers.import_manifest(inside)[0][0].image_path == "img/a.png"  # absolute but under root: fine
 
 
 def test_manifest_csv_columns_and_raters(mroot):
@@ -167,12 +166,12 @@ def test_manifest_csv_columns_and_raters(mroot):
     (mroot / "m2.csv").write_text('id,image,box,attribute,label,rater_a,rater_b\n'
                                   'x,img/a.png,"[1, 2, 20, 20]",margin,Not circumscribed,Circumscribed,ill-defined\n')
     with pytest.raises(SampleError, match="duplicate id 'a'"):  # ids default to the image stem
-        DS.import_manifest(mroot / "m.csv")
-    samples, report = DS.import_manifest(mroot / "m.csv", strict=False)
+        importers.import_manifest(mroot / "m.csv")
+    samples, report = importers.import_manifest(mroot / "m.csv", strict=False)
     s = samples[0]
     assert (s.label, s.c, s.rater_labels, s.organ, s.question) == ("Oval", 1, ("Oval", "Oval"), "thyroid", "Shape?")
     assert s.box == (5.0, 6.0, 40.0, 30.0)
-    (x,), _ = DS.import_manifest(mroot / "m2.csv")
+    (x,), _ = importers.import_manifest(mroot / "m2.csv")
     assert (x.label, x.c, x.rater_labels) == ("Not circumscribed", 0, ("Circumscribed", "Not circumscribed"))
 
 
@@ -182,42 +181,42 @@ def test_load_image_16bit_and_rgba(tmp_path):
     a16 = (np.arange(40 * 50, dtype=np.uint16).reshape(40, 50) * 16)
     Image.fromarray(a16).save(tmp_path / "g16.png")
     assert Image.open(tmp_path / "g16.png").mode.startswith("I")
-    im = DS.load_image(tmp_path / "g16.png")
+    im = images.load_image(tmp_path / "g16.png")
     arr = np.asarray(im)
     assert im.mode == "RGB" and im.size == (50, 40) and arr.dtype == np.uint8
     assert arr.max() == 255 and arr[0, 0, 0] == 0 and arr[20, 0, 0] < arr[39, 49, 0]
     rgba = np.zeros((30, 20, 4), np.uint8)
     rgba[..., 0], rgba[..., 3] = 200, 255
     Image.fromarray(rgba, "RGBA").save(tmp_path / "c.png")
-    im = DS.load_image(tmp_path / "c.png")
+    im = images.load_image(tmp_path / "c.png")
     assert im.mode == "RGB" and np.asarray(im)[0, 0].tolist() == [200, 0, 0]
     with pytest.raises(SampleError, match="missing"):
-        DS.load_image(tmp_path / "none.png")
+        images.load_image(tmp_path / "none.png")
     # a 16-bit image imports through a manifest and exports as 8-bit PNG
     path = write_manifest(tmp_path, [dict(GOOD, image="g16.png", box=[2, 2, 30, 30])])
-    samples, _ = DS.import_manifest(path)
+    samples, _ = importers.import_manifest(path)
     out = tmp_path / "out"
-    DS.export_samples(samples, tmp_path, out, "real_g16", TINY)
+    store.export_samples(samples, tmp_path, out, "real_g16", TINY)
     assert Image.open(out / "images" / "ok.png").mode == "RGB"
 
 
 # ----------------------------------------------------------------------------- BUS-BRA
 
 def test_birads_confidence_proxy():
-    assert DS.birads_confidence(2, "benign") == (1, "benign")
-    assert DS.birads_confidence("3", "malignant") == (0, "benign")
-    assert DS.birads_confidence(4, "malignant") == (1, "malignant")
-    assert DS.birads_confidence(4, "benign") == (0, "malignant")
-    assert DS.birads_confidence(4, "malignant", birads4_uncertain=True)[0] == 0
-    assert DS.birads_confidence("4b", "malignant")[0] == 0 and DS.birads_confidence("4C", "malignant")[0] == 1
-    assert DS.birads_confidence("BI-RADS 5", "malignant")[0] == 1
+    assert importers.birads_confidence(2, "benign") == (1, "benign")
+    assert importers.birads_confidence("3", "malignant") == (0, "benign")
+    assert importers.birads_confidence(4, "malignant") == (1, "malignant")
+    assert importers.birads_confidence(4, "benign") == (0, "malignant")
+    assert importers.birads_confidence(4, "malignant", birads4_uncertain=True)[0] == 0
+    assert importers.birads_confidence("4b", "malignant")[0] == 0 and importers.birads_confidence("4C", "malignant")[0] == 1
+    assert importers.birads_confidence("BI-RADS 5", "malignant")[0] == 1
     with pytest.raises(SampleError, match="BI-RADS"):
-        DS.birads_confidence("0", "benign")
+        importers.birads_confidence("0", "benign")
 
 
-@pytest.mark.skipif(not (BUS_BRA / "bus_data.csv").exists(), reason="BUS-BRA not in ../shared/data")
-def test_import_bus_bra_shared_copy():
-    samples, report = DS.import_bus_bra(BUS_BRA, limit=30)
+def test_import_bus_bra_real_copy(real_data):
+    BUS_BRA = real_data("bus_bra")
+    samples, report = importers.import_bus_bra(BUS_BRA, limit=30)
     assert len(samples) == report.n_ok == 30 and not report.problems
     assert report.notes and all(why == "image not in this copy" for _, why in report.notes)
     for s in samples:
@@ -230,45 +229,45 @@ def test_import_bus_bra_shared_copy():
     assert {s.label for s in samples} == {"Circumscribed", "Not circumscribed"}
     first = samples[0]  # bus_0001-l: BBOX [91,24,103,79] (1-based x, y) ~ mask box
     assert first.id == "bus_0001-l" and first.box[:2] == (90.0, 23.0)
-    fold3, _ = DS.import_bus_bra(BUS_BRA, limit=5, folds=[3])
+    fold3, _ = importers.import_bus_bra(BUS_BRA, limit=5, folds=[3])
     assert [s.meta["kfold"] for s in fold3] == [3] * 5
 
 
 # ----------------------------------------------------------------------------- export and synthetic splits
 
 def test_export_samples_keeps_other_splits(busi, tmp_path, monkeypatch):
-    samples, _ = DS.import_busi(busi)
+    samples, _ = importers.import_busi(busi)
     out = tmp_path / "out"
-    DS.export_samples(samples[:1], busi, out, "real_a", TINY)
+    store.export_samples(samples[:1], busi, out, "real_a", TINY)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "real_a" in p.name}
-    info = DS.export_samples(samples[1:], busi, out, "real_b", TINY)
+    info = store.export_samples(samples[1:], busi, out, "real_b", TINY)
     assert set(info["splits"]) == {"real_a", "real_b"} and info["splits"]["real_b"]["count"] == 1
     assert all(p.read_bytes() == b for p, b in before.items())  # the other split's files untouched
     for split, src in (("real_a", samples[:1]), ("real_b", samples[1:])):
-        loaded = DS.load_split(out, split)
+        loaded = store.load_split(out, split)
         assert [(s.id, s.box, s.label, s.c) for s in loaded] == [(s.id, s.box, s.label, s.c) for s in src]
         for s in loaded:
             assert (out / s.image_path).exists() and (out / s.meta["crop_path"]).exists() and s.question
-            msize = model_input_size(*s.image_size, TINY.min_pixels, TINY.max_pixels)
-            (rec,) = [r for r in DS.load_dialogues(out, split) if r["id"] == s.id]
+            msize = model_input_size(*s.image_size, TINY.model.min_pixels, TINY.model.max_pixels)
+            (rec,) = [r for r in store.load_dialogues(out, split) if r["id"] == s.id]
             assert parse_dialogue(rec["messages"], msize, s.image_size, s.attribute)[1] == s.label
     assert {r.split(",")[0] for r in (out / "samples.csv").read_text().splitlines()[1:]} == {"real_a", "real_b"}
     with pytest.raises(SampleError, match="already belong to split 'real_a'"):
-        DS.export_samples(samples[:1], busi, out, "real_c", TINY)
+        store.export_samples(samples[:1], busi, out, "real_c", TINY)
     # a crash while writing a split leaves the tables as they were and no temp files
     tables = {n: (out / n).read_bytes() for n in ("samples.csv", "splits.json")}
-    monkeypatch.setattr(DS, "crop_image", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(store, "crop_image", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
-        DS.export_samples(samples[1:], busi, out, "real_b", TINY)
+        store.export_samples(samples[1:], busi, out, "real_b", TINY)
     assert tables == {n: (out / n).read_bytes() for n in tables}
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
 @pytest.fixture(scope="module")
 def synth_dirs(tmp_path_factory):
-    pytest.importorskip("zoomdx_lib.synth")
+    pytest.importorskip("zoomdx_lib.data.synth")
     a, b = tmp_path_factory.mktemp("synA"), tmp_path_factory.mktemp("synB")
-    return DS.build_synthetic_splits(TINY, a, progress=False), a, DS.build_synthetic_splits(TINY, b, progress=False), b
+    return store.build_synthetic_splits(TINY, a, progress=False), a, store.build_synthetic_splits(TINY, b, progress=False), b
 
 
 def test_synthetic_splits_files_and_counts(synth_dirs):
@@ -276,17 +275,17 @@ def test_synthetic_splits_files_and_counts(synth_dirs):
     splits = info["splits"]
     assert {k: v["count"] for k, v in splits.items()} == {"train": 12, "test_liver": 3, "test_breast": 3,
                                                           "test_thyroid": 3}
-    assert set(splits["train"]["attributes"]) == set(TINY.attributes)
+    assert set(splits["train"]["attributes"]) == set(TINY.data.attributes)
     assert max(splits["train"]["attributes"].values()) - min(splits["train"]["attributes"].values()) <= 2
     for split in splits:
         for name in (f"samples_{split}.jsonl", f"dialogues_{split}.jsonl", f"dialogues_single_{split}.jsonl"):
             assert (a / name).exists()
-        samples = DS.load_split(a, split)
+        samples = store.load_split(a, split)
         assert [s.id for s in samples] == splits[split]["ids"] and all(s.split == split for s in samples)
-        for s, rec in zip(samples, DS.load_dialogues(a, split)):
+        for s, rec in zip(samples, store.load_dialogues(a, split)):
             assert rec["id"] == s.id and (a / s.image_path).exists() and (a / s.meta["crop_path"]).exists()
-            assert Image.open(a / s.image_path).size == s.image_size == (TINY.image_size,) * 2
-            msize = model_input_size(*s.image_size, TINY.min_pixels, TINY.max_pixels)
+            assert Image.open(a / s.image_path).size == s.image_size == (TINY.data.image_size,) * 2
+            msize = model_input_size(*s.image_size, TINY.model.min_pixels, TINY.model.max_pixels)
             box, label = parse_dialogue(rec["messages"], msize, s.image_size, s.attribute)
             assert label == s.label and max(abs(p - q) for p, q in zip(box, s.box)) <= 0.5 * 256 / msize[0] + 1e-6
             assert rec["messages"][0]["content"][0]["image"] == s.image_path
@@ -363,8 +362,8 @@ def test_hostile_manifest_reports_each_bad_record_and_keeps_the_good(tmp_path):
     path.write_text("\n".join(lines) + "\n")
 
     with pytest.raises(SampleError, match="line 3"):  # strict: stops at the first bad record, naming it
-        DS.import_manifest(path)
-    samples, report = DS.import_manifest(path, strict=False)
+        importers.import_manifest(path)
+    samples, report = importers.import_manifest(path, strict=False)
     assert sorted(s.id for s in samples) == sorted(r["id"] for r in rows)
     assert report.n_ok == len(GOOD_IMAGES)
     problems = dict(report.problems)
@@ -377,12 +376,12 @@ def test_hostile_manifest_reports_each_bad_record_and_keeps_the_good(tmp_path):
 
     # the good ones export as 8-bit RGB PNGs, and a second export beside them loses nothing
     out = tmp_path / "out"
-    DS.export_samples(samples, root, out, "real_hostile", TINY)
+    store.export_samples(samples, root, out, "real_hostile", TINY)
     for s in samples:
         im = Image.open(out / "images" / f"{s.id}.png")
         assert im.mode == "RGB" and im.size == (80, 60)
     before = {p.name: p.read_bytes() for p in (out / "images").iterdir()}
     with pytest.raises(SampleError, match="already belong to split 'real_hostile'"):
-        DS.export_samples(samples[:1], root, out, "real_other", TINY)
+        store.export_samples(samples[:1], root, out, "real_other", TINY)
     assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == before
-    assert len(DS.load_split(out, "real_hostile")) == len(GOOD_IMAGES)
+    assert len(store.load_split(out, "real_hostile")) == len(GOOD_IMAGES)

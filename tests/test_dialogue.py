@@ -4,7 +4,7 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from zoomdx_lib import dialogue as D
+from zoomdx_lib.data import dialogue as D
 from zoomdx_lib.config import get_profile
 from zoomdx_lib.geometry import model_input_size
 from zoomdx_lib.schema import ATTRIBUTE_LABELS, Sample, SampleError
@@ -38,7 +38,7 @@ def samples(draw):
 @settings(max_examples=150, deadline=None)
 @given(samples(), st.one_of(st.none(), st.integers(0, 5)))
 def test_dialogue_parses_back_to_box_and_answer(sample, seed):
-    msize = model_input_size(*sample.image_size, SMOKE.min_pixels, SMOKE.max_pixels)
+    msize = model_input_size(*sample.image_size, SMOKE.model.min_pixels, SMOKE.model.max_pixels)
     d = D.build_dialogue(sample, msize, seed=seed)
     assert all(isinstance(v, int) for v in d.box_model)
     assert 0 <= d.box_model[0] < d.box_model[2] <= msize[0] and 0 <= d.box_model[1] < d.box_model[3] <= msize[1]

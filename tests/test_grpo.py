@@ -3,11 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from zoomdx_lib.checkpoints import latest_checkpoint
+from zoomdx_lib.train.checkpoints import latest_checkpoint
 from zoomdx_lib.config import PAPER
-from zoomdx_lib.grpo import GRPOConfig, grpo_step, score_group, sequence_logprobs, train_grpo
-from zoomdx_lib.models import load_model_and_processor, lora_config
-from zoomdx_lib.rollout import ScriptedPolicy, rollout
+from zoomdx_lib.config import GRPOConfig, RolloutConfig
+from zoomdx_lib.rl.rewards import score_group
+from zoomdx_lib.train.grpo import grpo_step, sequence_logprobs, train_grpo
+from zoomdx_lib.model.load import load_model_and_processor, lora_config
+from zoomdx_lib.rl.rollout import ScriptedPolicy, rollout
 from zoomdx_lib.schema import Sample
 
 T1 = '<think>Scan.</think>\n<tool_call>{"bbox_2d": [52, 84, 126, 140]}</tool_call>'
@@ -81,7 +83,8 @@ def test_paper_group_estimator_gets_no_signal_from_a_constant_group(tiny_path, s
 @pytest.mark.slow
 def test_grpo_resume_continues_from_saved_step(tiny_path, speckle_image, tmp_path):
     items = [(_sample(), speckle_image), (_sample(c=0), speckle_image)]
-    cfg = GRPOConfig(steps=3, prompts_per_step=1, checkpoint_every=2, max_new_tokens=(8, 8))
+    cfg = GRPOConfig(steps=3, prompts_per_step=1, checkpoint_every=2)
+    short = RolloutConfig(max_new_tokens=(8, 8))
 
     class Stop(Exception):
         pass
@@ -92,9 +95,10 @@ def test_grpo_resume_continues_from_saved_step(tiny_path, speckle_image, tmp_pat
 
     model, processor = _peft(tiny_path)
     with pytest.raises(Stop):
-        train_grpo(model, processor, items, cfg, tmp_path, progress=False, on_step=stop)
+        train_grpo(model, processor, items, cfg, tmp_path, rollout_cfg=short, progress=False, callbacks=[stop])
     assert latest_checkpoint(tmp_path).name == "checkpoint-000002"
     model2, _ = _peft(tiny_path)
     seen = []
-    rows = train_grpo(model2, processor, items, cfg, tmp_path, progress=False, on_step=lambda r: seen.append(r["step"]))
+    rows = train_grpo(model2, processor, items, cfg, tmp_path, rollout_cfg=short, progress=False,
+                      callbacks=[lambda r: seen.append(r["step"])])
     assert seen == [3] and [r["step"] for r in rows] == [1, 2, 3]

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from zoomdx_lib.answers import Answer, extract_answer
+from zoomdx_lib.protocol import Answer, ToolCall, extract_answer
+from zoomdx_lib.rl.zoom import zoom
 from zoomdx_lib.schema import ATTRIBUTE_LABELS
-from zoomdx_lib.zoom import ToolCall, zoom
 
 TOTAL = int(os.environ.get("ZOOMDX_FUZZ_OUTPUTS", "100000"))
 PER_EXAMPLE = 50

@@ -19,15 +19,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from zoomdx_lib.checkpoints import latest_checkpoint
-from zoomdx_lib.pipeline import REPO_ROOT
+from zoomdx_lib.train.checkpoints import latest_checkpoint
+from zoomdx_lib.workbook.runner import REPO_ROOT
 
 NOTEBOOKS = ["01_data_construction", "02_sft_zoom_then_diagnose", "03_grpo_uncertainty_alignment",
              "04_calibration_analysis", "05_rollout_browser"]
 
 
 def start_runner(run: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "zoomdx_lib.pipeline", "--profile", "smoke", "--out", str(run)],
+    return subprocess.Popen([sys.executable, "-m", "zoomdx_lib.workbook.runner", "--profile", "smoke", "--out", str(run)],
                             cwd=REPO_ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -61,8 +61,8 @@ def checkpoint_step(folder: Path):
     return json.loads((ckpt / "trainer_state.json").read_text())["step"] if ckpt else None
 
 
-def loss_rows(path: Path) -> list[str]:
-    return path.read_text().splitlines()[1:]
+def log_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
 
 
 @pytest.mark.slow
@@ -80,7 +80,7 @@ def test_kill_during_sft_and_grpo_then_resume_matches_uninterrupted_run(smoke_ru
     assert manifest["notebooks"]["01_data_construction"]["status"] == "done"
     assert manifest["notebooks"]["02_sft_zoom_then_diagnose"]["status"] == "running"  # it died mid-notebook
     assert not (run / "models" / "sft_zoom_full").exists()
-    kept_sft = loss_rows(sft_dir / "loss.csv")[:k1]
+    kept_sft = log_lines(sft_dir / "log.jsonl")[:k1]
     assert len(kept_sft) == k1
 
     # 2. resume; kill again during the first GRPO variant, after its first checkpoint
@@ -92,11 +92,11 @@ def test_kill_during_sft_and_grpo_then_resume_matches_uninterrupted_run(smoke_ru
     assert "02_sft_zoom_then_diagnose: done in" in log2
     # SFT continued from step k1: the rows before it are the ones written before the kill (their
     # wall-clock column too), and the whole loss curve equals the uninterrupted run's
-    sft_rows = loss_rows(sft_dir / "loss.csv")
+    sft_rows = log_lines(sft_dir / "log.jsonl")
     assert sft_rows[:k1] == kept_sft
-    ref_rows = loss_rows(reference / "checkpoints" / "sft_zoom_full" / "loss.csv")
-    assert [r.split(",")[1] for r in sft_rows] == [r.split(",")[1] for r in ref_rows]
-    kept_grpo = (grpo_dir / "grpo_log.jsonl").read_text().splitlines()[:k2]
+    ref_rows = log_lines(reference / "checkpoints" / "sft_zoom_full" / "log.jsonl")
+    assert [json.loads(r)["loss"] for r in sft_rows] == [json.loads(r)["loss"] for r in ref_rows]
+    kept_grpo = log_lines(grpo_dir / "log.jsonl")[:k2]
     assert len(kept_grpo) == k2
 
     # 3. resume to the end
@@ -105,7 +105,7 @@ def test_kill_during_sft_and_grpo_then_resume_matches_uninterrupted_run(smoke_ru
     log3 = (tmp_path / "run3.log").read_text()
     for name in NOTEBOOKS[:2]:
         assert f"{name}: done before with the same parameters, skipped" in log3
-    assert (grpo_dir / "grpo_log.jsonl").read_text().splitlines()[:k2] == kept_grpo
+    assert log_lines(grpo_dir / "log.jsonl")[:k2] == kept_grpo
     manifest = json.loads((run / "manifest.json").read_text())
     assert all(manifest["notebooks"][n]["status"] == "done" for n in NOTEBOOKS)
 

@@ -11,12 +11,12 @@ from torchmetrics.classification import BinaryCalibrationError
 from torchmetrics.text import BLEUScore
 from torchmetrics.text.rouge import ROUGEScore
 
-from zoomdx_lib.metrics import (
+from zoomdx_lib.eval.metrics import (
     accuracy,
     alignment,
     answer_entropy,
     bin_index,
-    bleu1,
+    bootstrap,
     bootstrap_ci,
     consensus,
     ece,
@@ -25,10 +25,10 @@ from zoomdx_lib.metrics import (
     mean_iou,
     reliability_bins,
     risk_coverage,
-    rouge_l,
     selective_accuracy,
 )
-from zoomdx_lib.rewards import mode_and_kappa
+from zoomdx_lib.eval.text_metrics import bleu1, rouge_l
+from zoomdx_lib.rl.rewards import mode_and_kappa
 
 
 def _tm_ece(conf, correct, n_bins):
@@ -230,6 +230,21 @@ def test_bootstrap_ci_paired_arrays_and_nan():
     assert math.isnan(p) and math.isnan(lo) and math.isnan(hi)
     with pytest.raises(ValueError):
         bootstrap_ci(sacc, modes, kappas[:3], labels)
+
+
+def test_bootstrap_of_several_metrics_equals_one_bootstrap_per_metric():
+    rng = np.random.default_rng(1)
+    correct = (rng.random(60) < 0.6).astype(float)
+    kappas = rng.choice(np.arange(9) / 8, 60)
+
+    def both(idx):
+        c, k = (correct, kappas) if idx is None else (correct[idx], kappas[idx])
+        return {"acc": float(c.mean()), "ece": ece(k, c)}
+
+    joint = bootstrap(both, 60, n_boot=300, seed=5)
+    assert joint["acc"] == bootstrap_ci(lambda c: float(c.mean()), correct, n_boot=300, seed=5)
+    assert joint["ece"] == bootstrap_ci(ece, kappas, correct, n_boot=300, seed=5)
+    assert all(math.isnan(v) for v in bootstrap(both, 0, n_boot=10)["acc"][1:])
 
 
 def test_mean_and_spread():

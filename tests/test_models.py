@@ -1,10 +1,10 @@
 """The offline tiny Qwen2.5-VL: save/load, a two-turn two-image forward/backward, generate, LoRA scope."""
 import torch
 
-from zoomdx_lib import chat
-from zoomdx_lib.models import (LORA_TARGET_REGEX, UnsafeCheckpointError, check_safetensors_only, load_model_and_processor,
+from zoomdx_lib.model import chat
+from zoomdx_lib.model.load import (LORA_TARGET_REGEX, UnsafeCheckpointError, check_safetensors_only, load_model_and_processor,
                                lora_config, parameter_report)
-from zoomdx_lib.sft import encode_conversation, sft_loss
+from zoomdx_lib.train.sft import encode_conversation, sft_loss
 
 TURN1 = '<think>Scanning the image.</think>\n<tool_call>{"bbox_2d": [52, 84, 126, 140]}</tool_call>'
 TURN2 = '<think>Darker than the surrounding tissue.</think>\n<answer>{"echo": "Hypoechoic"}</answer>'

@@ -4,7 +4,8 @@ import json
 import nbformat
 import pytest
 
-from zoomdx_lib.pipeline import NotebookFailed, read_metrics, run_chain
+from zoomdx_lib.workbook.rundir import read_metrics
+from zoomdx_lib.workbook.runner import NotebookFailed, run_chain
 
 
 def _notebook(path, body):
@@ -16,7 +17,7 @@ def _notebook(path, body):
     nbformat.write(nb, str(path))
 
 
-WRITE = "from zoomdx_lib.pipeline import write_metrics\nwrite_metrics(run_dir, '{name}', dict(profile=profile, seed=seed, value={value}))"
+WRITE = "from zoomdx_lib.workbook.rundir import write_metrics\nwrite_metrics(run_dir, '{name}', dict(profile=profile, seed=seed, value={value}))"
 
 
 @pytest.mark.slow

@@ -10,13 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zoomdx_lib.config import PAPER, PaperHyperParams
-from zoomdx_lib.rewards import (
+from zoomdx_lib.protocol import has_think
+from zoomdx_lib.rl.advantages import batch_advantages, compute_advantages, credit_group_term, group_advantages
+from zoomdx_lib.rl.rewards import (
     accuracy_only_rewards,
-    batch_advantages,
-    compute_advantages,
-    credit_group_term,
-    group_advantages,
-    has_think,
     mode_and_kappa,
     r_acc,
     r_fmt,

@@ -3,7 +3,7 @@ import torch
 from PIL import Image
 
 from zoomdx_lib.geometry import box_to_original, iou
-from zoomdx_lib.rollout import HFPolicy, ScriptedPolicy, rollout, single_turn_rollout
+from zoomdx_lib.rl.rollout import HFPolicy, ScriptedPolicy, rollout, single_turn_rollout
 from zoomdx_lib.schema import Sample
 
 GOOD1 = '<think>Scanning the image.</think>\n<tool_call>{"bbox_2d": [52, 84, 126, 140]}</tool_call>'

@@ -4,10 +4,11 @@ import pytest
 import torch
 from PIL import Image
 
-from zoomdx_lib import chat
-from zoomdx_lib.checkpoints import latest_checkpoint
-from zoomdx_lib.models import load_model_and_processor, lora_config
-from zoomdx_lib.sft import encode_conversation, sft_loss, train
+from zoomdx_lib.model import chat
+from zoomdx_lib.train.checkpoints import latest_checkpoint
+from zoomdx_lib.model.load import load_model_and_processor, lora_config
+from zoomdx_lib.train.loop import read_log
+from zoomdx_lib.train.sft import encode_conversation, sft_loss, train
 
 
 def _examples(processor, n=4):
@@ -39,7 +40,7 @@ def test_full_sft_drives_loss_down(tiny_path, tmp_path):
     with torch.no_grad():
         after = float(sft_loss(model, ex, processor))
     assert after < 0.5 * before, (before, after)
-    assert len(hist) == 25 and (tmp_path / "loss.csv").read_text().count("\n") == 26
+    assert len(hist) == 25 and len(read_log(tmp_path)) == 25
 
 
 @pytest.mark.slow
@@ -79,12 +80,12 @@ def test_resume_continues_from_the_checkpoint_step(tiny_path, tmp_path, kind):
     ex = _examples(processor)
     with pytest.raises(Interrupt):
         train(model, processor, ex, steps=10, batch_size=2, lr=1e-3, out_dir=tmp_path, checkpoint_every=5,
-              warmup=1, progress=False, on_step=stop_at_7)
+              warmup=1, progress=False, callbacks=[stop_at_7])
     assert latest_checkpoint(tmp_path).name == "checkpoint-000005"
     model2, _ = make()
     seen = []
     hist = train(model2, processor, ex, steps=10, batch_size=2, lr=1e-3, out_dir=tmp_path, checkpoint_every=5,
-                 warmup=1, progress=False, on_step=lambda r: seen.append(r["step"]))
+                 warmup=1, progress=False, callbacks=[lambda r: seen.append(r["step"])])
     assert seen == [6, 7, 8, 9, 10]
     assert [r["step"] for r in hist] == list(range(1, 11))
 

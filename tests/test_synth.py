@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from scipy.ndimage import binary_erosion
 
+from zoomdx_lib.data.raters import disagreement_curve, simulate_raters
+from zoomdx_lib.data.synth import ORGAN_PRESETS, generate_case, generate_samples
 from zoomdx_lib.schema import ATTRIBUTE_LABELS
-from zoomdx_lib.synth import (ORGAN_PRESETS, disagreement_curve, generate_case, generate_samples,
-                              simulate_raters)
 
 
 @pytest.mark.parametrize("organ", sorted(ORGAN_PRESETS))

@@ -9,8 +9,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from zoomdx_lib import viz, widgets  # noqa: E402
-from zoomdx_lib.evaluate import calibration_arrays  # noqa: E402
+from zoomdx_lib.workbook import viz, widgets  # noqa: E402
+from zoomdx_lib.eval.scores import calibration_arrays  # noqa: E402
 from zoomdx_lib.schema import Sample  # noqa: E402
 
 TRUE_BOX = [10.0, 10.0, 50.0, 50.0]

@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
-from zoomdx_lib import evaluate as E
-from zoomdx_lib import tables as TB
+from zoomdx_lib.eval import generate as E, scores as S
+from zoomdx_lib.train.loop import read_log
 from zoomdx_lib.config import get_profile
-from zoomdx_lib.pipeline import read_metrics, run_chain  # smoke_run: tests/conftest.py
+from zoomdx_lib.workbook.rundir import read_metrics
+from zoomdx_lib.workbook.runner import run_chain  # smoke_run: tests/conftest.py
 
-SMOKE_WARMUP_STEPS = get_profile("smoke").sft_warmup_steps
+SMOKE_WARMUP_STEPS = get_profile("smoke").sft.warmup_steps
 NOTEBOOKS = ["01_data_construction", "02_sft_zoom_then_diagnose", "03_grpo_uncertainty_alignment",
              "04_calibration_analysis", "05_rollout_browser"]
 
@@ -51,8 +52,8 @@ def test_tables_are_recomputed_from_cached_generations(smoke_run):
     assert len(numbers) > 0
     for method in m04["methods"]:
         for dataset in m04["datasets"]:
-            g = E.greedy_metrics(cached[(method, dataset, "greedy", 0)])
-            s = E.calibration_metrics(cached[(method, dataset, "sample", 0)])
+            g = S.greedy_metrics(cached[(method, dataset, "greedy", 0)])
+            s = S.calibration_metrics(cached[(method, dataset, "sample", 0)])
             for metric, value in [("acc", g["acc"]), ("miou_c1", g["miou_c1"]), ("align", s["align"]),
                                   ("ece10", s["ece10"]), ("gap", s["gap"]), ("sacc", s["sacc"])]:
                 row = numbers[(numbers.method == method) & (numbers.dataset == dataset) & (numbers.metric == metric)]
@@ -74,8 +75,8 @@ def test_rerun_skips_finished_notebooks(smoke_run):
 
 @pytest.mark.slow
 def test_vision_warmup_examples_and_stage(smoke_run):
-    from zoomdx_lib.models import load_model_and_processor
-    from zoomdx_lib.sft import load_dialogue_examples, load_warmup_examples
+    from zoomdx_lib.model.load import load_model_and_processor
+    from zoomdx_lib.train.sft import load_dialogue_examples, load_warmup_examples
     run, _ = smoke_run
     _, processor = load_model_and_processor(run / "models" / "tiny_init")
     for mode in ("zoom", "single"):
@@ -90,5 +91,5 @@ def test_vision_warmup_examples_and_stage(smoke_run):
             assert target.startswith("<answer>") and target.endswith("</answer><|im_end|>"), target
             assert target.replace("<|im_end|>", "") in processor.tokenizer.decode(d.ids)
             assert len(w.ids) < len(d.ids)
-        rows = (run / "checkpoints" / f"sft_{mode}_warmup" / "loss.csv").read_text().splitlines()[1:]
+        rows = read_log(run / "checkpoints" / f"sft_{mode}_warmup")
         assert len(rows) == SMOKE_WARMUP_STEPS

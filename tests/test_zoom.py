@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from zoomdx_lib.geometry import box_to_model, box_to_original, model_input_size
-from zoomdx_lib.zoom import (TOOL_CALL_RE, ToolCall, crop_image, crop_output_size, format_tool_call,
-                             parse_tool_call, zoom)
+from zoomdx_lib.geometry import crop_image, crop_output_size
+from zoomdx_lib.protocol import TOOL_CALL_RE, ToolCall, format_tool_call, parse_tool_call
+from zoomdx_lib.rl.zoom import zoom
 
 MODEL = (252, 168)      # model-input (width, height) pixels
 ORIG = (640, 480)       # original (width, height) pixels; non-square, different scale per axis

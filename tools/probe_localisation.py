@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from zoomdx_lib import chat
-from zoomdx_lib.answers import extract_answer
+from zoomdx_lib.model import chat
+from zoomdx_lib.protocol import extract_answer
 from zoomdx_lib.config import get_profile
 from zoomdx_lib.geometry import iou
-from zoomdx_lib.models import build_tiny_checkpoint, load_model_and_processor
-from zoomdx_lib.rollout import HFPolicy
-from zoomdx_lib.sft import encode_conversation, sft_loss
+from zoomdx_lib.model.build import build_tiny_checkpoint
+from zoomdx_lib.model.load import load_model_and_processor
+from zoomdx_lib.rl.rollout import HFPolicy
+from zoomdx_lib.train.sft import encode_conversation, sft_loss
 
 SQUARE_QUESTION = "Where is the bright square?"
 
@@ -72,7 +73,7 @@ def main():
     torch.manual_seed(args.seed)
     prof = get_profile("cpu")
     path = Path(tempfile.mkdtemp())
-    build_tiny_checkpoint(path, prof.min_pixels, prof.max_pixels, args.seed, **prof.tiny)
+    build_tiny_checkpoint(path, prof.model.min_pixels, prof.model.max_pixels, args.seed, **prof.model.tiny)
     if args.mrope == "blocks":  # Qwen2.5-VL's contiguous [t, h, w] layout, scaled to the tiny head
         cfg = json.loads((path / "config.json").read_text())
         half = sum(cfg["text_config"]["rope_parameters"]["mrope_section"])

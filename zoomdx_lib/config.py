@@ -1,13 +1,42 @@
-"""The paper's hyper-parameters and the three run profiles: one place decides sizes and steps.
+"""The paper's hyper-parameters, one config object per stage, and the profiles that compose them.
 
-`get_profile("smoke" | "cpu" | "paper", **overrides)` returns a `Profile`; notebooks take
-the profile name as a papermill parameter and read everything else from here.
+`get_profile("smoke" | "cpu" | "paper", **overrides)` returns a `Profile`; notebooks take the
+profile name as a papermill parameter and read everything else from here. A profile is a name
+and a seed over one config per stage::
+
+    Profile.model    which checkpoint, its pixel bounds, the tiny model's size
+    Profile.data     synthetic split sizes and image size
+    Profile.rollout  how a Zoom-then-Diagnose rollout is generated (tokens per turn, crop size)
+    Profile.sft      the SFT stages (warm-up, from-scratch, LoRA)
+    Profile.grpo     GRPO (steps, prompts per step, learning rate, estimator, KL)
+    Profile.eval     evaluation rollouts, batch size, bootstrap
+    Profile.hp       the paper's hyper-parameters (G, T, delta, lambdas, LoRA)
+
+Overrides name a field of a stage as ``stage__field`` (``get_profile("cpu", grpo__steps=20)``),
+or replace top-level fields (``seed``, ``device``).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_ENV = "ZOOMDX_DATA"   # where real data sets live; default: the repository's git-ignored data/ folder
+
+
+def data_root() -> Path:
+    """The folder that holds real data sets (``bus_bra/``, ``busi/`` ...): ``$ZOOMDX_DATA`` when set,
+    else ``data/`` in the repository (git-ignored; the README says how to fill it)."""
+    return Path(os.environ.get(DATA_ENV) or REPO_ROOT / "data").expanduser()
+
+
+def data_path(path) -> Path:
+    """A real-data folder or file: absolute paths as they are, relative ones under :func:`data_root`."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else data_root() / p
 
 
 @dataclass(frozen=True)
@@ -31,55 +60,92 @@ PAPER = PaperHyperParams()
 
 
 @dataclass
-class Profile:
-    """Everything a run needs to know about its size. Pixel sizes are in model-input pixels.
+class ModelConfig:
+    """The checkpoint and its processor bounds (pixels of the model-input image).
 
-    model_path None means "build the offline tiny Qwen2.5-VL into the run folder".
+    path None means "build the offline tiny Qwen2.5-VL into the run folder" with `tiny` sizes.
     """
 
-    name: str
-    seed: int = 0
-    model_path: Optional[str] = None
-    # data
-    image_size: int = 256                  # synthetic original images are square, this many pixels
+    path: Optional[str] = None
+    min_pixels: int = 112 * 112
+    max_pixels: int = 224 * 224
+    tiny: dict = field(default_factory=lambda: dict(
+        text_hidden=256, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=768,
+        vision_hidden=128, vision_depth=4, vision_heads=4, vision_intermediate=384))
+
+
+@dataclass
+class DataConfig:
+    """Synthetic splits: square images of `image_size` pixels; real test splits capped at `n_real_test`."""
+
+    image_size: int = 256
     organs_train: tuple[str, ...] = ("liver", "breast")
     organ_test_cross: str = "thyroid"
     n_train_per_organ: int = 600
     n_test_per_organ: int = 120            # the paper's 120 cases per test set
     attributes: tuple[str, ...] = ("echo", "shape", "margin")
-    real_data_dirs: tuple[str, ...] = ()   # importer roots evaluated as extra test splits
     n_real_test: int = 120
-    # processor pixel bounds (full image) and the target area of a crop
-    min_pixels: int = 112 * 112
-    max_pixels: int = 224 * 224
+
+
+@dataclass
+class RolloutConfig:
+    """One Zoom-then-Diagnose rollout: new tokens per turn and the crop's area in pixels."""
+
+    max_new_tokens: tuple[int, int] = (64, 64)
     crop_pixels: int = 112 * 112
-    # SFT: an optional from-scratch stage (tiny model only), then LoRA as in the paper
-    sft_warmup_steps: int = 0             # tiny model only: short look-and-answer steps before the dialogues
-    sft_full_steps: int = 600
-    sft_lora_steps: int = 150
-    sft_batch_size: int = 16
-    sft_lr_full: float = 2e-3
-    sft_lr_lora: float = 5e-4
+
+
+@dataclass
+class SFTConfig:
+    """SFT: an optional from-scratch stage (tiny model only; an optional vision warm-up first), then LoRA."""
+
+    warmup_steps: int = 0              # tiny model only: short look-and-answer steps before the dialogues
+    full_steps: int = 600
+    lora_steps: int = 150
+    batch_size: int = 16
+    lr_full: float = 2e-3
+    lr_lora: float = 5e-4
+    lr_warmup_steps: int = 20          # linear learning-rate warm-up before the cosine decay
     single_turn_steps: Optional[int] = None  # None = same budget as the zoom model
     checkpoint_every: int = 100
-    # GRPO
-    grpo_steps: int = 40
-    grpo_prompts_per_step: int = 2
-    grpo_lr: float = 1e-4
-    grpo_beta: float = 0.0                 # KL weight to the SFT policy
-    grpo_estimator: str = "credit"         # "group" (paper as written), "batch", "credit"
-    grpo_paper_group_row: bool = True      # also train (and evaluate) the paper-literal "group" estimator
-    # generation
-    max_new_tokens_turn1: int = 64
-    max_new_tokens_turn2: int = 64
-    eval_rollouts: int = 8
-    eval_batch_size: int = 16
+
+
+@dataclass
+class GRPOConfig:
+    """GRPO: P prompts x G rollouts per step; estimator "group" (paper), "batch" or "credit"."""
+
+    steps: int = 40
+    prompts_per_step: int = 2
+    lr: float = 1e-4
+    beta: float = 0.0                  # KL weight to the SFT policy
+    estimator: str = "credit"
+    paper_group_row: bool = True       # also train (and evaluate) the paper-literal "group" estimator
+    micro_batch: int = 16              # trajectories per forward pass of the loss
+    checkpoint_every: int = 10
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation: sampled rollouts per case, cases per generation batch, bootstrap resamples."""
+
+    rollouts: int = 8
+    batch_size: int = 16
     bootstrap_samples: int = 1000
-    # tiny model size (ignored when model_path is a real checkpoint)
-    tiny: dict = field(default_factory=lambda: dict(
-        text_hidden=256, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=768,
-        vision_hidden=128, vision_depth=4, vision_heads=4, vision_intermediate=384))
+
+
+@dataclass
+class Profile:
+    """Everything a run needs to know about its size, one config per stage."""
+
+    name: str
+    seed: int = 0
     device: str = "cpu"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     hp: PaperHyperParams = PAPER
 
     @property
@@ -90,37 +156,67 @@ class Profile:
         return dataclasses.asdict(self)
 
 
+_SMOKE_TINY = dict(text_hidden=64, text_layers=2, text_heads=2, text_kv_heads=1, text_intermediate=128,
+                    vision_hidden=64, vision_depth=2, vision_heads=2, vision_intermediate=128)
+
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
-        name="smoke", n_train_per_organ=48, n_test_per_organ=12, n_real_test=8,
-        sft_warmup_steps=10, sft_full_steps=30, sft_lora_steps=10, sft_batch_size=8, checkpoint_every=10,
-        grpo_steps=2, grpo_prompts_per_step=1, eval_rollouts=8, eval_batch_size=16,
-        max_new_tokens_turn1=64, max_new_tokens_turn2=48, bootstrap_samples=200,
-        tiny=dict(text_hidden=64, text_layers=2, text_heads=2, text_kv_heads=1, text_intermediate=128,
-                  vision_hidden=64, vision_depth=2, vision_heads=2, vision_intermediate=128)),
+        name="smoke",
+        model=ModelConfig(tiny=_SMOKE_TINY),
+        data=DataConfig(n_train_per_organ=48, n_test_per_organ=12, n_real_test=8),
+        rollout=RolloutConfig(max_new_tokens=(64, 48)),
+        sft=SFTConfig(warmup_steps=10, full_steps=30, lora_steps=10, batch_size=8, checkpoint_every=10),
+        grpo=GRPOConfig(steps=2, prompts_per_step=1, checkpoint_every=1),
+        eval=EvalConfig(rollouts=8, batch_size=16, bootstrap_samples=200)),
     # Sized for a ~20-minute chain on 2 cores: test sets of 40 cases (the paper: 120) because 8-rollout
     # evaluation dominates; SFT batch 8 (the two-turn format needs ~300 updates, not more examples);
     # the paper-literal `group` GRPO row is left to smoke/paper (its update provably ignores R_group).
-    "cpu": Profile(name="cpu", n_test_per_organ=40, n_real_test=40, sft_full_steps=300, sft_lora_steps=60,
-                   sft_batch_size=8, grpo_steps=10, checkpoint_every=50, grpo_paper_group_row=False),
+    "cpu": Profile(
+        name="cpu",
+        data=DataConfig(n_test_per_organ=40, n_real_test=40),
+        sft=SFTConfig(full_steps=300, lora_steps=60, batch_size=8, checkpoint_every=50),
+        grpo=GRPOConfig(steps=10, paper_group_row=False, checkpoint_every=5)),
     "paper": Profile(
-        name="paper", model_path="Qwen/Qwen2.5-VL-7B-Instruct", image_size=448,
-        n_train_per_organ=4000, min_pixels=56 * 56, max_pixels=28 * 28 * 1280, crop_pixels=28 * 28 * 256,
-        sft_full_steps=0, sft_lora_steps=2000, sft_batch_size=16, sft_lr_lora=1e-4,
-        grpo_steps=500, grpo_prompts_per_step=8, grpo_lr=1e-6, grpo_beta=0.0,
-        max_new_tokens_turn1=256, max_new_tokens_turn2=256, eval_batch_size=32, device="cuda"),
+        name="paper", device="cuda",
+        model=ModelConfig(path="Qwen/Qwen2.5-VL-7B-Instruct", min_pixels=56 * 56, max_pixels=28 * 28 * 1280),
+        data=DataConfig(image_size=448, n_train_per_organ=4000),
+        rollout=RolloutConfig(max_new_tokens=(256, 256), crop_pixels=28 * 28 * 256),
+        sft=SFTConfig(full_steps=0, lora_steps=2000, batch_size=16, lr_lora=1e-4),
+        grpo=GRPOConfig(steps=500, prompts_per_step=8, lr=1e-6, beta=0.0),
+        eval=EvalConfig(batch_size=32)),
 }
+
+STAGES = ("model", "data", "rollout", "sft", "grpo", "eval")
 
 
 def get_profile(name: str, **overrides) -> Profile:
     """Return a copy of the named profile with fields replaced by `overrides`.
 
-    Raises ValueError naming the unknown profile or field.
+    ``stage__field=value`` replaces one field of a stage config (``grpo__steps=3``); a stage name
+    takes a whole config object (``model=ModelConfig(path=...)``); ``seed``, ``device``, ``hp``
+    replace top-level fields. Raises ValueError naming the unknown profile, stage or field.
     """
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
-    known = {f.name for f in dataclasses.fields(Profile)}
-    bad = sorted(set(overrides) - known)
-    if bad:
-        raise ValueError(f"unknown profile field(s) {bad}")
-    return dataclasses.replace(PROFILES[name], **overrides)
+    base = PROFILES[name]
+    top = {f.name for f in dataclasses.fields(Profile)}
+    plain, nested = {}, {}
+    for key, value in overrides.items():
+        stage, sep, fld = key.partition("__")
+        if sep:
+            if stage not in STAGES:
+                raise ValueError(f"unknown profile stage {stage!r} in {key!r}; stages: {STAGES}")
+            known = {f.name for f in dataclasses.fields(getattr(base, stage))}
+            if fld not in known:
+                raise ValueError(f"unknown field {fld!r} of profile stage {stage!r}; fields: {sorted(known)}")
+            nested.setdefault(stage, {})[fld] = value
+        elif key in top:
+            plain[key] = value
+        else:
+            raise ValueError(f"unknown profile field(s) [{key!r}]; top-level fields: {sorted(top)}, "
+                             f"or stage__field for a stage in {STAGES}")
+    profile = dataclasses.replace(base, **plain)
+    stages = {stage: dataclasses.replace(getattr(profile, stage), **fields) for stage, fields in nested.items()}
+    # Stage configs are mutable dataclasses: copy every one so a caller never edits PROFILES.
+    copies = {s: dataclasses.replace(getattr(profile, s)) for s in STAGES if s not in stages}
+    return dataclasses.replace(profile, **copies, **stages)

@@ -2,11 +2,14 @@
 
 A sample is the paper's tuple (I, b, y, c) plus what a researcher needs to trace it:
 which organ, which attribute the question asks about, both raters' labels, and the
-latent difficulty when the case is synthetic.
+latent difficulty when the case is synthetic. The vocabulary is the canonical label set per
+attribute and the one normaliser that maps spellings and synonyms onto it (used for model
+answers and for the labels of imported data alike).
 """
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -18,6 +21,97 @@ ATTRIBUTE_LABELS: dict[str, tuple[str, ...]] = {
 }
 ATTRIBUTES: tuple[str, ...] = tuple(ATTRIBUTE_LABELS)
 ORGANS: tuple[str, ...] = ("liver", "breast", "thyroid")
+
+
+# Synonyms per attribute, written in "compact" form: lower case, no spaces, hyphens or
+# underscores (see _compact). The canonical labels themselves are added below.
+_SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "echo": {
+        "Anechoic": ("anechoic", "anechogenic", "cystic", "noecho", "echofree"),
+        "Hypoechoic": ("hypoechoic", "hypoechogenic", "lowecho", "markedlyhypoechoic", "veryhypoechoic"),
+        "Isoechoic": ("isoechoic", "isoechogenic", "isoecho"),
+        "Hyperechoic": ("hyperechoic", "hyperechogenic", "highecho"),
+    },
+    "shape": {
+        "Oval": ("oval", "ovoid", "ellipse", "elliptical", "elliptic", "ellipsoid"),
+        "Round": ("round", "rounded", "circular", "circle"),
+        "Irregular": ("irregular",),
+    },
+    "margin": {
+        "Circumscribed": ("circumscribed", "wellcircumscribed", "welldefined", "smooth"),
+        "Not circumscribed": ("notcircumscribed", "noncircumscribed", "uncircumscribed", "illdefined",
+                              "poorlydefined", "indistinct", "spiculated", "microlobulated", "angular"),
+    },
+}
+
+_STRIP = " \t\r\n.,;:!?\"'`()[]{}*"
+
+
+def _compact(s: str) -> str:
+    """Lower case, surrounding punctuation removed, no whitespace, hyphens or underscores."""
+    s = s.strip(_STRIP).lower()
+    return re.sub(r"[\s\-_\u2010-\u2015]+", "", s)
+
+
+_LOOKUP: dict[str, dict[str, str]] = {
+    attr: {_compact(v): label for label in labels for v in (label, *_SYNONYMS[attr].get(label, ()))}
+    for attr, labels in ATTRIBUTE_LABELS.items()}
+
+
+def check_attribute(attribute) -> str:
+    """`attribute` when it is a key of ATTRIBUTE_LABELS; ValueError naming the choices otherwise."""
+    if not isinstance(attribute, str) or attribute not in ATTRIBUTE_LABELS:
+        raise ValueError(f"unknown attribute {attribute!r}; expected one of {ATTRIBUTES}")
+    return attribute
+
+
+# "Parent - subtype(s)": BI-RADS writes e.g. "Not circumscribed - indistinct, angular".
+_PARENT_SEP = re.compile(r"\s+[-\u2010-\u2015]\s+|\s*[:(]\s*")
+_LIST_SEP = re.compile(r"\s*(?:[/,;+&]|\band\b|\bor\b)\s*", re.IGNORECASE)
+
+
+def _lookup(value: str, attribute: str) -> Optional[str]:
+    return _LOOKUP[attribute].get(_compact(value))
+
+
+def _common_label(pieces, attribute: str) -> Optional[str]:
+    """The one label every non-empty piece names, or None (a piece naming nothing, or two labels)."""
+    labels = {_lookup(p, attribute) for p in pieces if _compact(p)}
+    return labels.pop() if len(labels) == 1 and None not in labels else None
+
+
+def normalise_label(value, attribute: str) -> Optional[str]:
+    """The canonical label of `attribute` that `value` names, or None.
+
+    Case, surrounding whitespace/punctuation, hyphens and underscores are ignored and common
+    synonyms are mapped ("hypo-echoic" -> "Hypoechoic", "ill-defined" -> "Not circumscribed").
+    The BI-RADS lexicon's subtypes go to their parent category, in any combination:
+    "Not circumscribed - indistinct, angular", "spiculated/microlobulated" -> "Not circumscribed".
+    A value whose parts name different labels, or that has no parent in the vocabulary
+    ("heterogeneous", "complex cystic and solid", "not applicable"), gives None. Non-strings give
+    None. Raises ValueError for an unknown attribute.
+
+    >>> normalise_label("hypo-echoic", "echo")
+    'Hypoechoic'
+    >>> normalise_label("Ill defined", "margin")
+    'Not circumscribed'
+    >>> normalise_label("not circumscribed - angular / spiculated", "margin")
+    'Not circumscribed'
+    >>> normalise_label("oval", "echo") is None, normalise_label("heterogeneous", "echo") is None
+    (True, True)
+    """
+    check_attribute(attribute)
+    if not isinstance(value, str):
+        return None
+    label = _lookup(value, attribute)
+    if label is not None:
+        return label
+    head, *tail = _PARENT_SEP.split(value.strip(), maxsplit=1)
+    parent = _lookup(head, attribute) if tail else _common_label(_LIST_SEP.split(head), attribute)
+    if parent is None or not tail:
+        return parent
+    subtypes = [p for p in _LIST_SEP.split(tail[0].rstrip(")")) if _compact(p)]
+    return parent if all(_lookup(p, attribute) == parent for p in subtypes) else None
 
 
 class SampleError(ValueError):

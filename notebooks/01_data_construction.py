@@ -1,0 +1,117 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Data construction: synthetic B-mode cases, two simulated sonographers, Zoom-then-Diagnose dialogues
+#
+# Paper §2.1 and §3 "Datasets". Each sample is (image I, lesion box b, diagnosis y, confidence c), with c=1 when
+# two sonographers agree and c=0 when they disagree. No ultrasound data can be downloaded at run time, so the
+# workbook simulates B-mode images physically (scatterers → point-spread function → envelope → log compression,
+# with depth attenuation and gain compensation) for three organ presets: `liver` (convex probe), `breast`
+# (linear probe, layered texture) and `thyroid` (the cross-domain zero-shot test, as in the paper).
+#
+# Two simulated sonographers read each lesion attribute through their own noise and bias; cases near a class
+# boundary are the ones they disagree on. Real data (BUS-BRA, BUSI-style folders, CSV/JSONL manifests) comes
+# in through the importers and is exported in the same format as an extra real test split.
+
+# %% tags=["parameters"]
+profile = "smoke"
+run_dir = "../runs/smoke"
+seed = 0
+real_data_dir = "bus_bra"   # a BUS-BRA folder; relative paths are under $ZOOMDX_DATA (default: the repo's data/); "" skips
+
+# %%
+import pandas as pd
+from IPython.display import display
+from PIL import Image
+
+from zoomdx_lib.config import data_path
+from zoomdx_lib.data import importers, raters, store
+from zoomdx_lib.workbook import viz, widgets as W
+from zoomdx_lib.workbook.rundir import setup
+
+run = setup("01_data_construction", profile, run_dir, seed)
+prof = run.profile
+
+# %% [markdown]
+# ## Generate the splits for this profile
+
+# %%
+with run.phase("synthetic_generation") as timer:
+    splits = store.build_synthetic_splits(prof, run.data_dir)
+samples = {name: store.load_split(run.data_dir, name) for name in splits["splits"]}
+n_images = sum(len(v) for v in samples.values())
+print(f"{n_images} cases in {timer.seconds:.1f} s ({n_images / timer.seconds:.1f} cases/s, images + crops + dialogues written)")
+display(pd.DataFrame({k: store.split_summary(v) for k, v in samples.items()}).T)
+
+# %% [markdown]
+# ## Examples by attribute label × sonographer confidence (true box drawn)
+
+# %%
+pool = samples["train"] + [s for k, v in samples.items() if k.startswith("test_") for s in v]
+with_images = [(s, importers.load_image(run.data_dir / s.image_path)) for s in pool[:400]]
+viz.example_grid(with_images, rows_key="label", cols_key="c", save_path=run.figure("fig_data_examples.png"));
+
+# %% [markdown]
+# ## Disagreement rises with difficulty
+
+# %%
+centres, p_c0, counts = raters.disagreement_curve(samples["train"], bins=10)
+viz.disagreement_plot(centres, p_c0, counts, save_path=run.figure("fig_data_disagreement.png"));
+
+# %% [markdown]
+# ## Class and confidence balance per split
+
+# %%
+viz.balance_plot(samples, save_path=run.figure("fig_data_balance.png"));
+
+# %% [markdown]
+# ## One Zoom-then-Diagnose dialogue and its crop
+
+# %%
+dialogue = store.load_dialogues(run.data_dir, "train")[0]
+print(W.messages_text(dialogue["messages"]))
+crop_path = dialogue["messages"][2]["content"][0]["image"]
+display(Image.open(run.data_dir / crop_path))
+
+# %% [markdown]
+# ## Real images: BUS-BRA as an extra test split
+#
+# BUS-BRA has one reader, so its confidence label is a stated **proxy**: c=1 when the BI-RADS reading agrees with
+# the biopsy, c=0 otherwise; the attribute is the margin, mapped from the pathology (also a proxy). Bad records
+# are reported, never silently dropped; the good ones are kept.
+
+# %%
+real = {}
+real_dir = data_path(real_data_dir) if real_data_dir else None
+if real_dir is not None and real_dir.exists():
+    real_samples, report = importers.import_bus_bra(real_dir, strict=False, limit=prof.data.n_real_test)
+    store.export_samples(real_samples, real_dir, run.data_dir, "test_busbra", prof)
+    real = dict(**store.split_summary(real_samples), bad_records=len(report.problems),
+                skipped_by_design=len(report.notes))
+    print(report.summary())
+    display(pd.DataFrame([real]))
+else:
+    print(f"no real data folder at {real_dir}; skipped (see the README, 'Real data')")
+
+# %% [markdown]
+# ## Browse the samples
+
+# %%
+all_samples = [s for v in samples.values() for s in v]
+W.sample_browser(all_samples, run.data_dir, prof.rollout.crop_pixels)
+
+# %%
+run.write_metrics(dict(profile=prof.name, seed=seed,  # wall-clock times live in phases.json
+                       splits={k: store.split_summary(v) for k, v in samples.items()}, real=real))

@@ -1,0 +1,103 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Zoom-then-Diagnose SFT and greedy evaluation
+#
+# Paper §2.2 and the Acc/mIoU half of §3.1. The model learns the two-turn format:
+#
+# 1. **turn 1** — a search rationale in `<think>` and `<tool_call>{"bbox_2d":[x1,y1,x2,y2]}</tool_call>` in
+#    model-input pixels;
+# 2. the **crop tool** runs (a deterministic crop of the original image at that box) and the crop comes back
+#    as a new user image turn;
+# 3. **turn 2** — a diagnostic rationale whose tone follows the sonographer confidence and
+#    `<answer>{"echo": "Hypoechoic"}</answer>`.
+#
+# Loss is on the assistant tokens of both turns, with both images in context. The paper trains LoRA (r=32,
+# language model + merger, vision tower frozen) on the pretrained Qwen2.5-VL-7B. The offline tiny model
+# starts from random weights, so it first gets a from-scratch stage that trains every weight, then the
+# paper's LoRA stage. The from-scratch stage can open with a short **vision warm-up** (profile field
+# `sft.warmup_steps`; 10 steps in smoke, off in cpu, where it did not raise accuracy): one image and the
+# question, answered with the answer tag only (the crop of the true box for the zoom model, the full image
+# for the single-turn one), cheap ~50-token steps before the ~215-token dialogues. A **single-turn** model
+# (diagnose without zooming) is trained on the same budget for the "no zoom" row.
+
+# %% tags=["parameters"]
+profile = "smoke"          # smoke | cpu | paper
+run_dir = "../runs/smoke"  # the runner passes an absolute path
+seed = 0
+train_single_turn = True   # also train the no-zoom baseline
+
+# %%
+import pandas as pd
+from IPython.display import display
+
+from zoomdx_lib.data.store import load_items, test_splits
+from zoomdx_lib.eval.generate import Method, evaluate_methods
+from zoomdx_lib.eval.scores import greedy_table
+from zoomdx_lib.train.sft import run_sft
+from zoomdx_lib.workbook import viz
+from zoomdx_lib.workbook.rundir import setup
+
+run = setup("02_sft_zoom_then_diagnose", profile, run_dir, seed)
+prof = run.profile
+
+# %% [markdown]
+# ## Train: from-scratch stage (tiny model only), then LoRA as in the paper
+
+# %%
+with run.phase("sft_zoom_train"):
+    zoom_sft = run_sft(prof, run.dir, mode="zoom")
+print(f"zoom SFT: {zoom_sft['n_examples']} dialogues, {zoom_sft['seconds']:.0f} s")
+if train_single_turn:
+    with run.phase("sft_single_train"):
+        single_sft = run_sft(prof, run.dir, mode="single")
+    print(f"single-turn SFT: {single_sft['seconds']:.0f} s")
+
+# %%
+stages = [("warm-up", "history_warmup"), ("full", "history_full"), ("LoRA", "history_lora")]
+curves = {f"zoom · {label}": zoom_sft[key] for label, key in stages}
+if train_single_turn:
+    curves.update({f"single · {label}": single_sft[key] for label, key in stages})
+viz.loss_curve({k: v for k, v in curves.items() if v}, save_path=run.figure("sft_loss.png"));
+
+# %% [markdown]
+# ## Greedy evaluation on the test splits
+#
+# Acc is on consensus (c=1) samples; mIoU compares the predicted box (after the tool's clamping) with the true
+# box, on c=1 samples and on all. Tool-call and answer validity count malformed outputs: they score zero and
+# are reported, never dropped. Generations are cached in `run_dir/generations/`.
+
+# %%
+datasets = {name: load_items(run.data_dir, name) for name in test_splits(run.data_dir)}
+methods = [Method("zoom_sft", "zoom", zoom_sft["base"], zoom_sft["adapter"])]
+if train_single_turn:
+    methods.append(Method("single_turn_sft", "single", single_sft["base"], single_sft["adapter"]))
+with run.phase("greedy_eval"):
+    results = evaluate_methods(methods, datasets, prof, run.generations_dir, modes=("greedy",), seeds=(seed,))
+table = pd.DataFrame(greedy_table(results, [m.name for m in methods], list(datasets), seed,
+                                  prof.eval.bootstrap_samples))
+cols = ["method", "dataset", "n_c1", "acc", "acc_low", "acc_high", "miou_c1", "miou_all", "tool_call_valid", "answer_valid"]
+display(table[cols].round(3))
+
+# %%
+first = next(iter(datasets))
+images = {s.id: img for s, img in datasets[first]}
+viz.prediction_panels(results[("zoom_sft", first, "greedy", seed)], images, prof.rollout.crop_pixels, n=6,
+                      save_path=run.figure("sft_predictions.png"));
+
+# %%
+run.write_metrics(dict(profile=prof.name, seed=seed,
+                       final_loss_zoom=(zoom_sft["history_lora"] or zoom_sft["history_full"])[-1]["loss"],
+                       greedy=table.to_dict(orient="records"), models=run.registry(methods)))

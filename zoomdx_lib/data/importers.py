@@ -1,0 +1,340 @@
+"""Importers for real ultrasound data: BUSI folders, BUS-BRA, and generic CSV / JSONL manifests.
+
+Long because the three importers share one validator and one report, and each reads its own layout.
+
+``import_busi`` reads ``root/{class}/{name}.png`` with ``{name}_mask.png`` masks;
+``import_bus_bra`` reads BUS-BRA's ``bus_data.csv``, ``Images/`` and ``Masks/``;
+``import_manifest`` reads one sample per row of a CSV / JSONL manifest (image, box or x1..y2,
+attribute, label, c or rater_a / rater_b). Each returns ``(samples, ImportReport)`` with boxes in
+original-image pixels, pixel-edge convention (``mask_to_boxes``), and ``image_path`` relative to
+the dataset root. Images and masks are read by :mod:`zoomdx_lib.data.images`.
+
+Validation (shared by every importer): a bad record (missing / corrupt image or mask, box outside
+the image or of zero area, unknown attribute or label, duplicate id, id unusable as a file name,
+path escaping the dataset root) raises :class:`SampleError` naming the record and the problem
+when ``strict=True``; with ``strict=False`` it is skipped and listed in ``report.problems`` while
+the good records are kept. Records skipped by design (no-lesion class, image not in this copy)
+go to ``report.notes``.
+
+Proxies: BUSI and BUS-BRA have no margin annotation, so the default label map for attribute
+"margin" is ``MARGIN_PROXY`` (benign -> Circumscribed, malignant -> Not circumscribed). BUS-BRA
+has one reader, so its c is the PROXY :func:`birads_confidence` (BI-RADS reading vs biopsy) and
+its rater_labels are (reader's label, biopsy label); BUSI gets c = ``default_c``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+from ..schema import ATTRIBUTE_LABELS, Sample, SampleError, normalise_label
+from .images import IMAGE_EXTS, SAFE_ID, load_image, load_mask, mask_to_boxes
+# Proxy label maps from a malignancy class to a margin label (NOT a margin annotation: malignant
+# breast lesions are mostly non-circumscribed and benign ones mostly circumscribed, BI-RADS lexicon).
+MARGIN_PROXY: dict[str, str] = {"benign": "Circumscribed", "malignant": "Not circumscribed"}
+
+
+@dataclass
+class ImportReport:
+    """What an importer did.
+
+    Attributes:
+        source: the dataset that was read.
+        n_ok: number of samples returned.
+        problems: (record, problem) of bad records skipped (only with strict=False).
+        notes: (record, reason) of records skipped by design (no lesion, image not in this copy).
+    """
+
+    source: str
+    n_ok: int = 0
+    problems: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line: counts of kept, bad and by-design-skipped records."""
+        return (f"{self.source}: {self.n_ok} samples, {len(self.problems)} bad records skipped, "
+                f"{len(self.notes)} records skipped by design")
+
+
+def _safe_id(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "sample"
+
+
+class _Importer:
+    """Shared validation: path under root, image readable, box/label valid, ids unique; strict or report."""
+
+    def __init__(self, root, strict: bool, source: str):
+        self.root, self.strict = Path(os.path.abspath(root)), strict
+        self.report, self.samples, self.ids = ImportReport(source), [], set()
+
+    def resolve(self, rel) -> tuple[Path, str]:
+        """(absolute path, path relative to root); SampleError if it escapes the root."""
+        p = Path(str(rel))  # lexical check: ".." and absolute paths must stay under root (symlinks allowed)
+        full = Path(os.path.normpath(p if p.is_absolute() else self.root / p))
+        if not full.is_relative_to(self.root):
+            raise SampleError(f"path {str(rel)!r} escapes the dataset root {self.root}")
+        return full, full.relative_to(self.root).as_posix()
+
+    def image_size(self, rel) -> tuple[str, tuple[int, int]]:
+        full, rel = self.resolve(rel)
+        return rel, load_image(full).size
+
+    def sample(self, **kw) -> Sample:
+        """A validated Sample; a normalised label, a fresh id, and the box inside the image."""
+        attr = kw["attribute"]
+        if attr not in ATTRIBUTE_LABELS:
+            raise SampleError(f"unknown attribute {attr!r}; expected one of {tuple(ATTRIBUTE_LABELS)}")
+        raw = kw["label"]
+        kw["label"] = normalise_label(raw, attr) or raw
+        if kw.get("rater_labels"):
+            kw["rater_labels"] = tuple(normalise_label(r, attr) or r for r in kw["rater_labels"])
+            bad = [r for r in kw["rater_labels"] if r not in ATTRIBUTE_LABELS[attr]]
+            if bad:
+                raise SampleError(f"unknown {attr} rater label(s) {bad}")
+        if not SAFE_ID.fullmatch(kw["id"]):
+            raise SampleError(f"id {kw['id']!r} is not usable as a file name (letters, digits, _ - .)")
+        if kw["id"] in self.ids:
+            raise SampleError(f"duplicate id {kw['id']!r}")
+        return Sample(**kw).validate()
+
+    def add(self, record: str, build) -> None:
+        """Run build() -> list[Sample]; on SampleError raise (strict) or report and skip."""
+        try:
+            new = build()
+            if len({s.id for s in new}) != len(new):
+                raise SampleError("duplicate ids within the record")
+        except SampleError as e:
+            if self.strict:
+                raise SampleError(f"{record}: {e}") from None
+            self.report.problems.append((record, str(e)))
+            return
+        self.ids.update(s.id for s in new)
+        self.samples.extend(new)
+        self.report.n_ok += len(new)
+
+    def done(self):
+        return self.samples, self.report
+
+
+def _boxes_from_masks(imp: _Importer, mask_rels, size, all_components: bool):
+    union = None
+    for m in mask_rels:
+        full, rel = imp.resolve(m)
+        a = load_mask(full)
+        if a.shape != (size[1], size[0]):
+            raise SampleError(f"mask {rel} is {a.shape[1]}x{a.shape[0]} but the image is {size[0]}x{size[1]}")
+        union = a if union is None else (union | a)
+    boxes = mask_to_boxes(union, all_components) if union is not None else []
+    if not boxes:
+        raise SampleError("empty mask: zero-area box")
+    return boxes
+
+
+def _label_map(label_map: Optional[dict], attribute: str, dataset: str) -> dict:
+    if label_map is not None:
+        return {str(k).lower(): v for k, v in label_map.items()}
+    if attribute != "margin":
+        raise ValueError(f"{dataset}: no default class -> {attribute!r} label map; pass label_map=")
+    return dict(MARGIN_PROXY)
+
+
+def import_busi(root, attribute: str = "margin", organ: str = "breast", strict: bool = True,
+                label_map: Optional[dict] = None, default_c: int = 1, all_components: bool = False,
+                skip_classes: tuple = ("normal",)):
+    """Import a BUSI-style folder: ``root/{class}/{name}.png`` with ``{name}_mask.png`` (+ ``_mask_1`` ...).
+
+    Box: the union of an image's masks, then the largest 8-connected component's tight box in
+    original-image pixels; ``all_components=True`` gives one sample per connected lesion (ids get
+    ``_c1``, ``_c2`` ... when there are several). Label: ``label_map[class]`` (class folder name,
+    case-insensitive); the default for attribute "margin" is the PROXY ``MARGIN_PROXY``
+    (benign -> Circumscribed, malignant -> Not circumscribed), which is not a margin annotation.
+    BUSI has no rater agreement, so every sample gets c = `default_c` (1: treated as consensus).
+    Classes in `skip_classes` (no lesion) are skipped and listed in ``report.notes``.
+    Returns (samples, ImportReport); ids are the sanitised file stems, image_path relative to root.
+    """
+    lmap = _label_map(label_map, attribute, "import_busi")
+    imp = _Importer(root, strict, f"BUSI {root}")
+    if not imp.root.is_dir():
+        raise FileNotFoundError(f"BUSI root {imp.root} is not a directory")
+    for cdir in sorted(d for d in imp.root.iterdir() if d.is_dir()):
+        cls = cdir.name
+        files = sorted(f for f in cdir.iterdir() if f.suffix.lower() in IMAGE_EXTS)
+        for img in (f for f in files if not re.search(r"_mask(_\d+)?$", f.stem)):
+            record = f"{cls}/{img.name}"
+            if cls.lower() in skip_classes:
+                imp.report.notes.append((record, f"class {cls!r}: no lesion, skipped"))
+                continue
+            pat = re.compile(re.escape(img.stem) + r"_mask(_\d+)?")
+            masks = [f"{cls}/{m.name}" for m in files if pat.fullmatch(m.stem)]
+
+            def build(cls=cls, record=record, masks=masks, stem=img.stem):
+                if cls.lower() not in lmap:
+                    raise SampleError(f"unknown label: class {cls!r} is not in label_map {sorted(lmap)}")
+                if not masks:
+                    raise SampleError(f"no mask file {stem}_mask.png")
+                rel, size = imp.image_size(record)
+                boxes = _boxes_from_masks(imp, masks, size, all_components)
+                base = _safe_id(stem)
+                return [imp.sample(id=base if len(boxes) == 1 else f"{base}_c{k + 1}", image_path=rel, box=b,
+                                   attribute=attribute, label=lmap[cls.lower()], c=default_c, organ=organ,
+                                   question="", image_size=size,
+                                   meta={"source": "BUSI", "class": cls, "masks": masks, "c_proxy": "default_c"})
+                        for k, b in enumerate(boxes)]
+            imp.add(record, build)
+    return imp.done()
+
+
+def birads_confidence(birads, pathology: str, birads4_uncertain: bool = False) -> tuple[int, str]:
+    """BUS-BRA confidence PROXY (one reader): (c, reader's class) from BI-RADS and the biopsy.
+
+    The reader's class is "benign" for BI-RADS 1-3 and "malignant" for 4, 4a-4c, 5, 6 (biopsy
+    recommended). c = 1 when it agrees with the biopsy pathology, else 0; BI-RADS 4a / 4b (low /
+    moderate suspicion) always give c = 0, and so does plain 4 when `birads4_uncertain`.
+    Raises SampleError for an unknown BI-RADS value.
+    """
+    b = re.sub(r"^(bi-?rads)?\s*", "", str(birads).strip().lower())
+    if b not in {"1", "2", "3", "4", "4a", "4b", "4c", "5", "6"}:
+        raise SampleError(f"unknown BI-RADS category {birads!r}")
+    reader = "benign" if b in {"1", "2", "3"} else "malignant"
+    uncertain = b in {"4a", "4b"} or (b == "4" and birads4_uncertain)
+    return int(reader == pathology.strip().lower() and not uncertain), reader
+
+
+def import_bus_bra(root, strict: bool = True, attribute: str = "margin", label_map: Optional[dict] = None,
+                   organ: str = "breast", limit: Optional[int] = None, folds: Optional[Iterable[int]] = None,
+                   birads4_uncertain: bool = False):
+    """Import BUS-BRA (``bus_data.csv``, ``Images/bus_NNNN-x.png``, ``Masks/mask_NNNN-x.png``).
+
+    Box: the largest 8-connected component of the mask, original-image pixels. Label:
+    ``label_map[Pathology]``, default the margin PROXY ``MARGIN_PROXY`` (benign -> Circumscribed,
+    malignant -> Not circumscribed). c: the PROXY :func:`birads_confidence` (BI-RADS reading vs
+    biopsy; BUS-BRA has one reader, so this stands in for rater disagreement); rater_labels holds
+    (reader's label, biopsy label) through the same label map. `folds` keeps rows whose 5-fold
+    ``kFold`` (5-fold-cv.csv) is listed; `limit` stops after that many samples. Rows whose image is
+    not on disk (the shared copy has folds 1-3 only) are listed in ``report.notes``.
+    Returns (samples, ImportReport).
+    """
+    lmap = _label_map(label_map, attribute, "import_bus_bra")
+    imp = _Importer(root, strict, f"BUS-BRA {root}")
+    table = imp.root / "bus_data.csv"
+    if not table.exists():
+        raise FileNotFoundError(f"{table}: BUS-BRA table bus_data.csv not found")
+    kfold = {}
+    if (imp.root / "5-fold-cv.csv").exists():
+        with open(imp.root / "5-fold-cv.csv", newline="") as f:
+            kfold = {r["ID"]: int(r["kFold"]) for r in csv.DictReader(f)}
+    folds = None if folds is None else {int(k) for k in folds}
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for line, row in enumerate(rows, start=2):
+        rid = (row.get("ID") or "").strip()
+        img_rel, mask_rel = f"Images/{rid}.png", f"Masks/{rid.replace('bus_', 'mask_', 1)}.png"
+        record = f"bus_data.csv line {line} (id={rid!r}, image={img_rel})"
+        if folds is not None and kfold.get(rid) not in folds:
+            continue
+        if not (imp.root / img_rel).exists():
+            imp.report.notes.append((record, "image not in this copy"))
+            continue
+        if limit is not None and imp.report.n_ok >= limit:
+            break
+
+        def build(row=row, rid=rid, img_rel=img_rel, mask_rel=mask_rel):
+            path = (row.get("Pathology") or "").strip().lower()
+            if path not in lmap:
+                raise SampleError(f"unknown label: Pathology {path!r} is not in label_map {sorted(lmap)}")
+            c, reader = birads_confidence(row.get("BIRADS"), path, birads4_uncertain)
+            rel, size = imp.image_size(img_rel)
+            box = _boxes_from_masks(imp, [mask_rel], size, False)[0]
+            meta = {"source": "BUS-BRA", "pathology": path, "birads": row.get("BIRADS"), "kfold": kfold.get(rid),
+                    "histology": row.get("Histology"), "device": row.get("Device"), "case": row.get("Case"),
+                    "c_proxy": "BI-RADS vs biopsy", "rater_labels_proxy": "(BI-RADS reader, biopsy)"}
+            return [imp.sample(id=rid, image_path=rel, box=box, attribute=attribute, label=lmap[path], c=c,
+                               organ=organ, question="", rater_labels=(lmap[reader], lmap[path]),
+                               image_size=size, meta=meta)]
+        imp.add(record, build)
+    return imp.done()
+
+
+def _read_manifest(path: Path) -> list[tuple[int, object]]:
+    """(line number, record dict or the JSON error) of a CSV (header = line 1) or JSONL manifest."""
+    if path.suffix.lower() == ".csv":
+        with open(path, newline="", encoding="utf-8") as f:
+            return [(i, r) for i, r in enumerate(csv.DictReader(f), start=2)]
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        out = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    out.append((i, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    out.append((i, SampleError(f"bad JSON ({e})")))
+        return out
+    raise ValueError(f"{path}: manifest must be .csv or .jsonl")
+
+
+def _raise(error: Exception):
+    raise error
+
+
+def _manifest_box(rec: dict) -> tuple:
+    box = rec.get("box")
+    if box in (None, "") and all(k in rec for k in ("x1", "y1", "x2", "y2")):
+        box = [rec[k] for k in ("x1", "y1", "x2", "y2")]
+    try:
+        box = json.loads(box) if isinstance(box, str) else box
+        if len(box) != 4:
+            raise ValueError
+        return tuple(float(v) for v in box)
+    except (TypeError, ValueError):
+        raise SampleError(f"box must be 4 numbers x1, y1, x2, y2 (original pixels), got {box!r}") from None
+
+
+def import_manifest(path, root=None, strict: bool = True, organ: str = "unknown"):
+    """Import a generic CSV / JSONL manifest, one sample per row.
+
+    Columns: image (path relative to `root`, default the manifest's folder), box (JSON list
+    [x1, y1, x2, y2] in original-image pixels) or x1, y1, x2, y2 columns, attribute, label, and
+    either c (0/1) or rater_a and rater_b (c = 1 when they agree; label defaults to the agreed
+    one); optional organ (default `organ`), id (default the image stem), question.
+    Labels are matched case-insensitively with common synonyms. Returns (samples, ImportReport).
+    """
+    path = Path(path)
+    imp = _Importer(root if root is not None else path.parent, strict, f"manifest {path}")
+    for line, rec in _read_manifest(path):
+        if isinstance(rec, SampleError):
+            imp.add(f"{path.name} line {line}", lambda rec=rec: _raise(rec))
+            continue
+        rec = {k.strip() if isinstance(k, str) else k: v for k, v in rec.items()}
+        image = str(rec.get("image") or "")
+        rid = str(rec.get("id") or "") or _safe_id(Path(image).stem)
+        record = f"{path.name} line {line} (id={rid!r}, image={image!r})"
+
+        def build(rec=rec, image=image, rid=rid):
+            if not image:
+                raise SampleError("no image path")
+            attr = str(rec.get("attribute") or "").strip()
+            raters = tuple(str(rec[k]).strip() for k in ("rater_a", "rater_b") if rec.get(k) not in (None, ""))
+            if rec.get("c") not in (None, ""):
+                if str(rec["c"]).strip() not in ("0", "1", "0.0", "1.0", "True", "False", "true", "false"):
+                    raise SampleError(f"c must be 0 or 1, got {rec['c']!r}")
+                c = int(str(rec["c"]).strip().lower() in ("1", "1.0", "true"))
+            elif len(raters) == 2:
+                c = int(normalise_label(raters[0], attr) == normalise_label(raters[1], attr)) \
+                    if attr in ATTRIBUTE_LABELS else 0
+            else:
+                raise SampleError("needs a c column or both rater_a and rater_b")
+            label = str(rec.get("label") or "").strip() or (raters[0] if len(raters) == 2 and c == 1 else "")
+            if not label:
+                raise SampleError("no label (and no agreeing rater_a / rater_b to take it from)")
+            box = _manifest_box(rec)
+            rel, size = imp.image_size(image)
+            return [imp.sample(id=rid, image_path=rel, box=box, attribute=attr, label=label, c=c,
+                               organ=str(rec.get("organ") or organ), question=str(rec.get("question") or ""),
+                               rater_labels=raters if len(raters) == 2 else None, image_size=size,
+                               meta={"source": f"manifest {path.name}", "line": line})]
+        imp.add(record, build)
+    return imp.done()

@@ -1,0 +1,196 @@
+"""GRPO on Zoom-then-Diagnose rollouts with the paper's rewards, as a compact explicit step.
+
+Each step: P prompts -> G rollouts each at T=0.7 through the rollout engine (the crop tool
+runs between the turns) -> rewards from those rollouts (Eq. 3, or the accuracy-only variant)
+-> advantages (estimator "group" = the paper as written, "batch", or "credit") -> a clipped
+policy-gradient loss on the model's own tokens of both turns (crop turn and prompt masked),
+optional KL to the SFT policy (LoRA disabled) -> the LoRA weights are updated. Steps run
+through the one training loop (:mod:`zoomdx_lib.train.loop`).
+
+Why not TRL's GRPOTrainer: its `rollout_func` cannot carry the mid-rollout crop into the loss
+pass, its experimental tool loop needs a custom parser and silently drops over-long image tool
+results, and a group-level reward needs whole groups per rank. This step keeps every term visible.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from peft import PeftModel
+
+from ..config import PAPER, GRPOConfig, PaperHyperParams, Profile, RolloutConfig
+from ..data.store import load_items
+from ..model import chat
+from ..model.load import load_model_and_processor
+from ..rl.advantages import compute_advantages
+from ..rl.rewards import VARIANTS, mode_and_kappa, score_group
+from ..rl.rollout import HFPolicy, Trajectory, rollout
+from .loop import LoopConfig, run_loop
+
+__all__ = ["GRPOConfig", "RolloutConfig", "VARIANTS", "grpo_step", "train_grpo", "run_grpo", "sequence_logprobs",
+           "log_end_values", "LOG_KEYS", "RESULT_KEYS"]
+
+
+def sequence_logprobs(model, processor, trajs: Sequence[Trajectory], temperature: float, micro_batch: int = 16):
+    """Per-token log-probabilities (at the sampling temperature) of each trajectory's own tokens.
+
+    Returns a list of 1-D tensors, one per trajectory, over the positions its policy mask marks.
+    """
+    out = []
+    for s in range(0, len(trajs), micro_batch):
+        chunk = trajs[s:s + micro_batch]
+        seqs = [t.sequence() for t in chunk]
+        inputs = chat.model_inputs([ids for ids, _ in seqs], [t.image_inputs for t in chunk], processor, side="right")
+        device = next(model.parameters()).device
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        logits = model(**inputs).logits[:, :-1].float() / temperature
+        logp = torch.gather(F.log_softmax(logits, -1), 2, inputs["input_ids"][:, 1:, None]).squeeze(-1)
+        for i, (ids, mask) in enumerate(seqs):
+            m = torch.tensor(mask[1:], dtype=torch.bool, device=device)
+            out.append(logp[i, :len(ids) - 1][m])
+    return out
+
+
+def grpo_step(model, processor, items, cfg: GRPOConfig, optimizer, variant: str = "uncertainty",
+              rollout_cfg: RolloutConfig = RolloutConfig(), hp: PaperHyperParams = PAPER, policy=None,
+              reward_fn: Optional[Callable] = None) -> dict:
+    """One GRPO update on `items` [(sample, image)]. Returns the step's log row (rewards, kappa, timing).
+
+    `policy` defaults to sampling from `model`; `reward_fn(trajs, sample)` defaults to
+    `score_group(..., variant)` and must return a dict with individual, group_term, answers.
+    """
+    G = hp.group_size
+    reward_fn = reward_fn or (lambda trajs, sample: score_group(trajs, sample, variant, hp))
+    t0 = time.perf_counter()
+    model.eval()
+    trajs = rollout(items, policy or HFPolicy(model, processor), processor, group_size=G, do_sample=True,
+                    temperature=hp.temperature, max_new_tokens=rollout_cfg.max_new_tokens,
+                    crop_pixels=rollout_cfg.crop_pixels)
+    t_gen = time.perf_counter() - t0
+    scores = [reward_fn(group, sample) for group, (sample, _) in zip(trajs, items)]
+    individual = np.stack([s["individual"] for s in scores])
+    adv = compute_advantages(individual, [s["group_term"] for s in scores], [s["answers"] for s in scores],
+                             [sample.c for sample, _ in items], [sample.label for sample, _ in items],
+                             cfg.estimator, hp)
+    t1 = time.perf_counter()
+    flat = [t for group in trajs for t in group]
+    flat_adv = torch.tensor(adv.reshape(-1), dtype=torch.float32)
+    model.train()
+    with torch.no_grad():
+        old = sequence_logprobs(model, processor, flat, hp.temperature, cfg.micro_batch)
+        ref = None
+        if cfg.beta > 0:
+            with model.disable_adapter():
+                ref = sequence_logprobs(model, processor, flat, hp.temperature, cfg.micro_batch)
+    new = sequence_logprobs(model, processor, flat, hp.temperature, cfg.micro_batch)
+    losses, kls = [], []
+    for k, lp in enumerate(new):
+        if lp.numel() == 0:
+            continue
+        ratio = torch.exp(lp - old[k])
+        a = flat_adv[k]
+        surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - hp.clip_epsilon, 1 + hp.clip_epsilon) * a)
+        per_token = -surrogate
+        if ref is not None:  # k3 estimator of KL(pi || pi_ref), as in GRPO
+            d = ref[k] - lp
+            kl = torch.exp(d) - d - 1
+            per_token = per_token + cfg.beta * kl
+            kls.append(float(kl.mean()))
+        losses.append(per_token.mean())
+    loss = torch.stack(losses).mean() if losses else torch.zeros((), requires_grad=True)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+    optimizer.step()
+    model.eval()
+    t_upd = time.perf_counter() - t1
+    return _log_row(trajs, items, scores, adv, float(loss.detach()), kls, float(grad_norm), t_gen, t_upd)
+
+
+def _log_row(trajs, items, scores, adv, loss, kls, grad_norm, t_gen, t_upd) -> dict:
+    kappas = {0: [], 1: []}
+    for s, (sample, _) in zip(scores, items):
+        kappas[sample.c].append(mode_and_kappa(s["answers"])[1])
+    flat = [t for g in trajs for t in g]
+    return dict(
+        reward_total=float(np.mean([s["total"].mean() for s in scores])),
+        reward_loc=float(np.mean([s["loc"].mean() for s in scores])),
+        reward_acc=float(np.mean([s["acc"].mean() for s in scores])),
+        reward_fmt=float(np.mean([s["fmt"].mean() for s in scores])),
+        reward_group=float(np.mean([s["group"].mean() for s in scores])),
+        no_signal_share=float(np.mean([np.allclose(a, 0) for a in adv])),
+        kappa_c1=kappas[1], kappa_c0=kappas[0],
+        tool_call_valid=float(np.mean([t.tool.ok for t in flat])),
+        answer_valid=float(np.mean([t.label is not None for t in flat])),
+        mean_iou=float(np.mean([s["loc"].mean() for s in scores])),
+        kl=float(np.mean(kls)) if kls else 0.0, loss=loss, grad_norm=grad_norm,
+        time_generation_s=t_gen, time_update_s=t_upd)
+
+
+def train_grpo(model, processor, train_items: Sequence[tuple], cfg: GRPOConfig, out_dir, variant: str = "uncertainty",
+               rollout_cfg: RolloutConfig = RolloutConfig(), hp: PaperHyperParams = PAPER, seed: int = 0,
+               resume: bool = True, progress: bool = True, callbacks: Sequence[Callable] = ()) -> list[dict]:
+    """Run `cfg.steps` GRPO steps on a trainable peft `model` through the training loop.
+
+    Checkpoints (adapter, optimizer, RNG, sampler) every `cfg.checkpoint_every` steps into `out_dir`;
+    with resume=True continues from the latest one. The per-step log is `out_dir/log.jsonl`; `seed`
+    seeds the prompt sampler and, at a fresh start, the torch RNG (rollout sampling, LoRA dropout).
+    Returns the log rows.
+    """
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    loop = LoopConfig(steps=cfg.steps, draws_per_step=cfg.prompts_per_step, checkpoint_every=cfg.checkpoint_every,
+                      sampler_seed=seed, torch_seed=seed, desc=f"GRPO {variant}/{cfg.estimator}")
+
+    def step(idx: list[int]) -> dict:
+        return grpo_step(model, processor, [train_items[i] for i in idx], cfg, opt, variant, rollout_cfg, hp)
+
+    return run_loop(model, opt, step, len(train_items), loop, out_dir, resume=resume, show_progress=progress,
+                    postfix=lambda r: dict(R=f"{r['reward_total']:.2f}", iou=f"{r['mean_iou']:.2f}"),
+                    callbacks=callbacks)
+
+
+def run_name(variant: str, estimator: str) -> str:
+    """The model name of a GRPO run: ``grpo_{variant}_{estimator}``, or ``grpo_accuracy_only``."""
+    return f"grpo_{variant}_{estimator}" if variant == "uncertainty" else f"grpo_{variant}"
+
+
+def run_grpo(profile: Profile, run_dir, variant: str, estimator: str, sft_base: str, sft_adapter: str,
+             name: Optional[str] = None, steps: Optional[int] = None, resume: bool = True,
+             progress: bool = True) -> dict:
+    """The notebook-03 recipe: from the SFT adapter, train one RL variant on the train split.
+
+    Uses ``profile.grpo`` with `estimator` (and `steps` when given), the profile's rollout settings,
+    hyper-parameters and seed. Saves the adapter as `run_dir/models/{name}` (default
+    :func:`run_name`) and returns {name, base, adapter, log, seconds, time_generation_s, time_update_s}.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown GRPO variant {variant!r}; choose one of {VARIANTS}")
+    run_dir, t0 = Path(run_dir), time.perf_counter()
+    name = name or run_name(variant, estimator)
+    model, processor = load_model_and_processor(sft_base, device=profile.device)
+    model = PeftModel.from_pretrained(model, sft_adapter, is_trainable=True)
+    cfg = dataclasses.replace(profile.grpo, estimator=estimator, steps=profile.grpo.steps if steps is None else steps)
+    items = load_items(run_dir / "data", "train")
+    log = train_grpo(model, processor, items, cfg, run_dir / "checkpoints" / name, variant, profile.rollout,
+                     profile.hp, profile.seed, resume, progress)
+    adapter = run_dir / "models" / name
+    model.save_pretrained(adapter, safe_serialization=True)
+    return dict(name=name, base=str(sft_base), adapter=str(adapter), log=log, seconds=time.perf_counter() - t0,
+                time_generation_s=sum(r["time_generation_s"] for r in log),
+                time_update_s=sum(r["time_update_s"] for r in log))
+
+
+LOG_KEYS = ("reward_total", "reward_loc", "reward_acc", "reward_fmt", "reward_group", "no_signal_share",
+            "tool_call_valid", "answer_valid", "mean_iou", "kl", "time_generation_s", "time_update_s")
+RESULT_KEYS = tuple(k for k in LOG_KEYS if not k.startswith("time_"))  # what metrics files keep: no wall-clock
+
+
+def log_end_values(log: Sequence[dict], last: int = 5, keys: Sequence[str] = LOG_KEYS) -> dict:
+    """Mean of each logged quantity over the last `last` GRPO steps (the curves' end values)."""
+    rows = list(log)[-last:]
+    return {k: float(np.mean([r[k] for r in rows])) if rows else float("nan") for k in keys}

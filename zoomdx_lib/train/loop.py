@@ -1,0 +1,88 @@
+"""The one resumable training loop that every stage (SFT, GRPO, and any later one) runs through.
+
+A stage supplies a `step_fn(indices) -> dict` that draws nothing itself: the loop samples the
+item indices of each step from its own seeded generator, calls the step, logs the returned row,
+and every `checkpoint_every` steps (and at the end) saves weights or adapter, optimizer,
+scheduler, torch RNG and the sampler state atomically (:mod:`zoomdx_lib.train.checkpoints`).
+
+On resume the latest complete checkpoint is loaded and the log `out_dir/log.jsonl` is cut back
+to the rows written up to that step, so a killed run continues exactly where its checkpoint
+left off: same sampler draws, same RNG, same log.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from ..io import append_jsonl, progress, read_jsonl, write_jsonl
+from .checkpoints import latest_checkpoint, load_training_state, restore_weights, save_checkpoint
+
+LOG_NAME = "log.jsonl"
+
+
+@dataclass
+class LoopConfig:
+    """Steps, draws per step (batch size or prompts per step), checkpoint cadence and the sampler's seed.
+
+    torch_seed: when set, ``torch.manual_seed(torch_seed)`` at a fresh start (a resumed run restores
+    the checkpoint's RNG instead); None leaves the torch RNG as the caller set it.
+    """
+
+    steps: int
+    draws_per_step: int
+    checkpoint_every: int = 100
+    sampler_seed: int = 0
+    torch_seed: Optional[int] = None
+    desc: str = "train"
+
+
+def read_log(out_dir) -> list[dict]:
+    """The rows a stage logged in `out_dir` (empty when it has not started)."""
+    path = Path(out_dir) / LOG_NAME
+    return read_jsonl(path) if path.exists() else []
+
+
+def run_loop(model, optimizer, step_fn: Callable[[list[int]], dict], n_items: int, cfg: LoopConfig, out_dir,
+             scheduler=None, resume: bool = True, show_progress: bool = True,
+             postfix: Optional[Callable[[dict], dict]] = None,
+             callbacks: Sequence[Callable[[dict], None]] = ()) -> list[dict]:
+    """Run `cfg.steps` steps of `step_fn` over `n_items` items; returns every row of the log.
+
+    Each step draws ``cfg.draws_per_step`` indices in [0, n_items) with replacement, calls
+    ``step_fn(indices)`` and logs ``{"step": k, **row}``. `postfix(row)` gives the progress bar's
+    postfix; each callback is called with every row after it is logged (an exception stops the
+    run there, keeping the last checkpoint). With `resume`, continues from the latest checkpoint
+    in `out_dir`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(cfg.sampler_seed)
+    start = 0
+    ckpt = latest_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        restore_weights(model, ckpt)
+        meta = load_training_state(ckpt, optimizer, scheduler)
+        start = meta["step"]
+        gen.set_state(torch.tensor(meta["extra"]["sampler_state"], dtype=torch.uint8))
+    elif cfg.torch_seed is not None:
+        torch.manual_seed(cfg.torch_seed)
+    log_path = out_dir / LOG_NAME
+    rows = [r for r in read_log(out_dir) if r["step"] <= start] if start else []
+    write_jsonl(log_path, rows)
+    bar = progress(range(start, cfg.steps), show_progress, desc=cfg.desc, initial=start, total=cfg.steps)
+    for step in bar:
+        idx = torch.randint(n_items, (cfg.draws_per_step,), generator=gen).tolist()
+        row = {"step": step + 1, **step_fn(idx)}
+        rows.append(row)
+        append_jsonl(log_path, row)
+        if postfix is not None:
+            bar.set_postfix(**postfix(row))
+        for callback in callbacks:
+            callback(row)
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(out_dir, step + 1, model, optimizer, scheduler,
+                            extra={"sampler_state": gen.get_state().tolist()})
+    return rows

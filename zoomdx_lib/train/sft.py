@@ -1,0 +1,204 @@
+"""Supervised fine-tuning on Zoom-then-Diagnose dialogues: loss on both assistant turns only.
+
+Both images (the full image, then the crop of the true box) are in context. The paper trains
+LoRA (r=32, LM + merger, vision frozen) on a pretrained 7B. The offline tiny model starts from
+random weights, so it first gets a from-scratch stage that trains every weight (optionally opened
+by a short vision warm-up), then the paper's LoRA stage. Each stage runs through the one training
+loop (:mod:`zoomdx_lib.train.loop`); the step keeps `mm_token_type_ids` (3-D mRoPE) and the
+two-image batches under our control.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from peft import get_peft_model
+from PIL import Image
+
+from ..config import Profile
+from ..data.store import load_dialogues
+from ..io import progress as progress_bar
+from ..model import chat
+from ..model.build import build_tiny_checkpoint
+from ..model.load import load_model_and_processor, lora_config
+from ..protocol import ANSWER_RE, image_paths, single_turn_messages
+from .loop import LoopConfig, run_loop
+
+MODES = ("zoom", "single")
+
+
+@dataclass
+class SFTExample:
+    """Token ids of one conversation, its loss mask (1 = assistant token) and its images."""
+
+    ids: list
+    mask: list
+    images: list  # [(pixel_values, grid_thw)] in order of appearance
+    sample_id: str = ""
+
+
+def encode_conversation(processor, text: str, images, sample_id: str = "") -> SFTExample:
+    """Encode a rendered conversation (image placeholders unexpanded) and its PIL images."""
+    enc = chat.encode_images(processor, [im.convert("RGB") for im in images])
+    ids = chat.tokenize(processor, chat.expand_image_tokens(text, enc.grid_thw, processor))
+    return SFTExample(ids=ids, mask=chat.assistant_mask(ids, processor),
+                      images=list(zip(enc.pixel_values, enc.grid_thw)), sample_id=sample_id)
+
+
+def _dialogue_records(data_dir, split: str, single: bool, limit: Optional[int], progress: bool, desc: str):
+    """The first `limit` dialogue records of a split (all when None), under a progress bar if asked."""
+    records = load_dialogues(data_dir, split, single)[:limit]
+    return progress_bar(records, progress, desc=desc, leave=False)
+
+
+def load_dialogue_examples(data_dir, split: str, processor, mode: str = "zoom", limit: Optional[int] = None,
+                           progress: bool = False) -> list[SFTExample]:
+    """SFT examples from `data_dir/dialogues_{split}.jsonl`.
+
+    mode "zoom": the two-turn dialogue with the crop; mode "single": the no-zoom baseline from
+    `dialogues_single_{split}.jsonl` (the full image answered directly, same rationale style).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown SFT mode {mode!r}; use 'zoom' or 'single'")
+    data_dir = Path(data_dir)
+    out = []
+    for rec in _dialogue_records(data_dir, split, mode == "single", limit, progress, f"encode {split} ({mode})"):
+        msgs = rec["messages"]
+        images = [Image.open(data_dir / p) for p in image_paths(msgs)]
+        out.append(encode_conversation(processor, chat.render(processor, msgs), images, rec.get("id", "")))
+    return out
+
+
+def load_warmup_examples(data_dir, split: str, processor, mode: str = "zoom", limit: Optional[int] = None,
+                         progress: bool = False) -> list[SFTExample]:
+    """Short "look and answer" examples for the tiny model's vision warm-up, from the same dialogues.
+
+    One user turn with one image and the question, then only the answer tag: for mode "zoom" the
+    image is the crop of the true box (what turn 2 sees), for "single" the full image. With ~50
+    tokens instead of ~215 a step costs a fraction of a dialogue step, and every target token
+    depends on the image, so the randomly initialised vision tower learns to see first.
+    """
+    data_dir = Path(data_dir)
+    out = []
+    for rec in _dialogue_records(data_dir, split, False, limit, progress, f"encode warm-up {split} ({mode})"):
+        user, _, crop_turn, turn2 = rec["messages"]
+        question = next(p["text"] for p in user["content"] if p.get("type") == "text")
+        image = image_paths([crop_turn if mode == "zoom" else user])[0]
+        answer = ANSWER_RE.search(turn2["content"][0]["text"]).group(0)
+        text = chat.render(processor, single_turn_messages(question, answer))
+        out.append(encode_conversation(processor, text, [Image.open(data_dir / image)], rec.get("id", "")))
+    return out
+
+
+def sft_loss(model, batch: Sequence[SFTExample], processor, device="cpu") -> torch.Tensor:
+    """Mean cross-entropy over assistant tokens of a batch (right-padded)."""
+    inputs = chat.model_inputs([e.ids for e in batch], [e.images for e in batch], processor, side="right")
+    T = inputs["input_ids"].shape[1]
+    mask = torch.zeros((len(batch), T))
+    for i, e in enumerate(batch):
+        mask[i, :len(e.mask)] = torch.tensor(e.mask, dtype=torch.float)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    logits = model(**inputs).logits[:, :-1].float()
+    target = inputs["input_ids"][:, 1:]
+    m = mask[:, 1:].to(device)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
+    return (nll.view_as(m) * m).sum() / m.sum().clamp(min=1)
+
+
+def cosine_schedule(optimizer, steps: int, warmup: int):
+    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `steps`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
+
+
+def train(model, processor, examples: Sequence[SFTExample], steps: int, batch_size: int, lr: float, out_dir,
+          checkpoint_every: int = 100, resume: bool = True, seed: int = 0, warmup: int = 20,
+          weight_decay: float = 0.0, progress: bool = True, callbacks: Sequence[Callable] = (),
+          device: str = "cpu") -> list[dict]:
+    """Train the parameters of `model` that require grad; returns the loss log [{step, loss, lr, time_s}].
+
+    Runs through :func:`zoomdx_lib.train.loop.run_loop`: checkpoints go to `out_dir` every
+    `checkpoint_every` steps and at the end, a rerun with resume=True continues from the latest one,
+    and the log is `out_dir/log.jsonl`. `seed` seeds the batch sampler; the torch RNG (LoRA dropout)
+    is left as the caller set it.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sched = cosine_schedule(opt, steps, warmup)
+
+    def step(idx: list[int]) -> dict:
+        t0 = time.perf_counter()
+        loss = sft_loss(model, [examples[i] for i in idx], processor, device)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        return dict(loss=loss.item(), lr=sched.get_last_lr()[0], time_s=time.perf_counter() - t0)
+
+    cfg = LoopConfig(steps=steps, draws_per_step=batch_size, checkpoint_every=checkpoint_every, sampler_seed=seed,
+                     desc="SFT")
+    model.train()
+    try:
+        return run_loop(model, opt, step, len(examples), cfg, out_dir, sched, resume, progress,
+                        postfix=lambda r: dict(loss=f"{r['loss']:.3f}"), callbacks=callbacks)
+    finally:
+        model.eval()
+
+
+def run_sft(profile: Profile, run_dir, mode: str = "zoom", resume: bool = True, progress: bool = True,
+            callbacks: Sequence[Callable] = ()) -> dict:
+    """The notebook-02 recipe for one profile: returns {base, adapter, history_warmup, history_full,
+    history_lora, seconds, n_examples}.
+
+    Tiny model (``profile.model.path`` None): build it into `run_dir/models/tiny_init`, optionally
+    warm its vision up for ``sft.warmup_steps`` on short look-and-answer examples
+    (:func:`load_warmup_examples`), train every weight for ``sft.full_steps`` (saved as
+    `models/sft_{mode}_full`), then LoRA per the paper for ``sft.lora_steps`` (adapter
+    `models/sft_{mode}_lora`). A real checkpoint skips the first stage. Data come from
+    `run_dir/data` (notebook 01). Each stage resumes from its checkpoints.
+    """
+    run_dir, t0 = Path(run_dir), time.perf_counter()
+    models, cfg, hp = run_dir / "models", profile.sft, profile.hp
+    base = profile.model.path
+    if base is None:
+        base = models / "tiny_init"
+        if not (base / "config.json").exists():
+            build_tiny_checkpoint(base, profile.model.min_pixels, profile.model.max_pixels, profile.seed,
+                                  **profile.model.tiny)
+    model, processor = load_model_and_processor(base, device=profile.device, min_pixels=profile.model.min_pixels,
+                                                max_pixels=profile.model.max_pixels)
+    examples = load_dialogue_examples(run_dir / "data", "train", processor, mode, progress=progress)
+    full_steps = cfg.full_steps
+    if mode == "single" and cfg.single_turn_steps is not None:
+        full_steps = cfg.single_turn_steps
+
+    def stage(name: str, net, data, steps: int, lr: float, seed: int) -> list[dict]:
+        return train(net, processor, data, steps, cfg.batch_size, lr, run_dir / "checkpoints" / f"sft_{mode}_{name}",
+                     cfg.checkpoint_every, resume, seed, warmup=cfg.lr_warmup_steps, progress=progress,
+                     callbacks=callbacks, device=profile.device)
+
+    hist_full, hist_warmup = [], []
+    if full_steps > 0 and cfg.warmup_steps > 0:
+        warmup = load_warmup_examples(run_dir / "data", "train", processor, mode, progress=progress)
+        torch.manual_seed(profile.seed)
+        hist_warmup = stage("warmup", model, warmup, cfg.warmup_steps, cfg.lr_full, profile.seed + 2)
+    if full_steps > 0:
+        torch.manual_seed(profile.seed)
+        hist_full = stage("full", model, examples, full_steps, cfg.lr_full, profile.seed)
+        base = models / f"sft_{mode}_full"
+        model.save_pretrained(base, safe_serialization=True)
+        processor.save_pretrained(base)
+    torch.manual_seed(profile.seed)
+    peft_model = get_peft_model(model, lora_config(hp.lora_rank, hp.lora_alpha, hp.lora_dropout))
+    hist_lora = stage("lora", peft_model, examples, cfg.lora_steps, cfg.lr_lora, profile.seed + 1)
+    adapter = models / f"sft_{mode}_lora"
+    peft_model.save_pretrained(adapter, safe_serialization=True)
+    return dict(base=str(base), adapter=str(adapter), history_warmup=hist_warmup, history_full=hist_full,
+                history_lora=hist_lora, seconds=time.perf_counter() - t0, n_examples=len(examples))
