@@ -29,14 +29,15 @@
 profile = "smoke"
 run_dir = "../runs/smoke"
 seed = 0
-real_data_dir = "bus_bra"   # a BUS-BRA folder; relative paths are under $ZOOMDX_DATA (default: the repo's data/); "" skips
+# Real test splits, each {"name", "importer": "bus_bra" | "busi" | "manifest", "path", **importer options such as
+# label_map, attribute, root, limit}; relative paths are under $ZOOMDX_DATA (default: the repo's data/ folder).
+real_splits = [{"name": "busbra", "importer": "bus_bra", "path": "bus_bra"}]
 
 # %%
 import pandas as pd
 from IPython.display import display
 from PIL import Image
 
-from zoomdx_lib.config import data_path
 from zoomdx_lib.data import importers, raters, store
 from zoomdx_lib.workbook import viz, widgets as W
 from zoomdx_lib.workbook.rundir import setup
@@ -86,24 +87,23 @@ crop_path = dialogue["messages"][2]["content"][0]["image"]
 display(Image.open(run.data_dir / crop_path))
 
 # %% [markdown]
-# ## Real images: BUS-BRA as an extra test split
+# ## Real images: extra test splits
 #
-# BUS-BRA has one reader, so its confidence label is a stated **proxy**: c=1 when the BI-RADS reading agrees with
-# the biopsy, c=0 otherwise; the attribute is the margin, mapped from the pathology (also a proxy). Bad records
-# are reported, never silently dropped; the good ones are kept.
+# Every entry of `real_splits` becomes a test split `test_{name}` that notebooks 02–04 evaluate like the synthetic
+# ones. BUS-BRA has one reader, so its confidence label is a stated **proxy**: c=1 when the BI-RADS reading agrees
+# with the biopsy, c=0 otherwise; its attribute is the margin, mapped from the pathology (also a proxy); BUSI
+# has no rater agreement at all (c=1 for every case). Bad records are reported, never silently dropped, and
+# labels with no parent in the vocabulary are counted per label; the good records are kept.
 
 # %%
-real = {}
-real_dir = data_path(real_data_dir) if real_data_dir else None
-if real_dir is not None and real_dir.exists():
-    real_samples, report = importers.import_bus_bra(real_dir, strict=False, limit=prof.data.n_real_test)
-    store.export_samples(real_samples, real_dir, run.data_dir, "test_busbra", prof)
-    real = dict(**store.split_summary(real_samples), bad_records=len(report.problems),
-                skipped_by_design=len(report.notes))
-    print(report.summary())
-    display(pd.DataFrame([real]))
-else:
-    print(f"no real data folder at {real_dir}; skipped (see the README, 'Real data')")
+imported = store.import_real_splits(real_splits, run.data_dir, prof)
+real = {name: r["summary"] for name, r in imported.items()}
+display(pd.DataFrame(real).T)
+for name, r in imported.items():
+    if r["report"] is not None:
+        print(r["report"].summary())
+        if r["report"].problems:
+            display(pd.DataFrame(r["report"].problems, columns=["record", "problem"]).head(20))
 
 # %% [markdown]
 # ## Browse the samples

@@ -63,6 +63,23 @@ def test_labels_do_not_leak_across_attributes():
     assert normalise_label(None, "echo") is None
 
 
+@pytest.mark.parametrize("value, attr, label", [
+    ("Not circumscribed - indistinct", "margin", "Not circumscribed"),
+    ("not circumscribed - angular, microlobulated", "margin", "Not circumscribed"),
+    ("NOT CIRCUMSCRIBED \u2013 spiculated/indistinct", "margin", "Not circumscribed"),
+    ("not circumscribed (spiculated)", "margin", "Not circumscribed"),
+    ("indistinct and angular", "margin", "Not circumscribed"),
+    ("circumscribed - spiculated", "margin", None),          # a subtype of the other parent: ambiguous
+    ("hypoechoic / isoechoic", "echo", None),                # two labels: no answer
+    ("hypoechoic, hypo-echoic", "echo", "Hypoechoic"),
+    ("complex cystic and solid", "echo", None),
+    ("heterogeneous", "echo", None),
+    ("not applicable", "shape", None),
+])
+def test_birads_lexicon_subtypes_and_combinations(value, attr, label):
+    assert normalise_label(value, attr) == label
+
+
 def test_format_answer():
     assert format_answer("echo", "Hypoechoic") == '<answer>{"echo": "Hypoechoic"}</answer>'
     assert format_answer("margin", "Not circumscribed") == '<answer>{"margin": "Not circumscribed"}</answer>'

@@ -385,3 +385,76 @@ def test_hostile_manifest_reports_each_bad_record_and_keeps_the_good(tmp_path):
         store.export_samples(samples[:1], root, out, "real_other", TINY)
     assert {p.name: p.read_bytes() for p in (out / "images").iterdir()} == before
     assert len(store.load_split(out, "real_hostile")) == len(GOOD_IMAGES)
+
+
+# ------------------------------------------------------------------ real label vocabularies
+
+BIRADS_MARGINS = ["Circumscribed", "Not circumscribed - indistinct", "not circumscribed - angular",
+                  "Not circumscribed – microlobulated, spiculated", "Not circumscribed - indistinct/angular/spiculated",
+                  "spiculated", "heterogeneous", "complex cystic/solid", "not applicable", "heterogeneous"]
+
+
+def _manifest(root, labels, attribute="margin", extra=None):
+    save_gray(root / "img.png")
+    rows = [dict(id=f"r{i}", image="img.png", box=[5, 5, 40, 40], attribute=attribute, label=lab, c=1, **(extra or {}))
+            for i, lab in enumerate(labels)]
+    path = root / "cases.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_birads_subtypes_map_to_their_parent_and_orphans_are_counted(tmp_path):
+    samples, report = importers.import_manifest(_manifest(tmp_path, BIRADS_MARGINS), strict=False)
+    assert [s.label for s in samples] == ["Circumscribed"] + ["Not circumscribed"] * 5
+    assert report.unknown_labels == {("margin", "heterogeneous"): 2, ("margin", "complex cystic/solid"): 1,
+                                     ("margin", "not applicable"): 1}
+    assert report.label_rows()[0] == dict(attribute="margin", label="heterogeneous", count=2)
+    assert "'heterogeneous' x2" in report.summary() and len(report.problems) == 4
+    with pytest.raises(SampleError, match="unknown margin label 'heterogeneous'"):
+        importers.import_manifest(_manifest(tmp_path / "strict", ["heterogeneous"]))
+
+
+def test_manifest_label_map_applies_before_the_vocabulary(tmp_path):
+    path = _manifest(tmp_path, ["benign", "MALIGNANT", "Circumscribed", "weird"])
+    samples, report = importers.import_manifest(path, strict=False, label_map=importers.MARGIN_PROXY)
+    assert [s.label for s in samples] == ["Circumscribed", "Not circumscribed", "Circumscribed"]
+    assert dict(report.unknown_labels) == {("margin", "weird"): 1}
+    # rater labels go through the same map; c follows their agreement
+    raters = _manifest(tmp_path / "r", ["benign"], extra=dict(rater_a="benign", rater_b="malignant"))
+    rows = [dict(json.loads(raters.read_text()), c="")]
+    raters.write_text(json.dumps(rows[0]) + "\n")
+    (s,), _ = importers.import_manifest(raters, label_map=importers.MARGIN_PROXY)
+    assert s.c == 0 and s.rater_labels == ("Circumscribed", "Not circumscribed") and s.label == "Circumscribed"
+    (lim,), _ = importers.import_manifest(path, strict=False, label_map=importers.MARGIN_PROXY, limit=1)
+    assert lim.id == "r0"
+
+
+# ------------------------------------------------------------------ real splits through the chain's data step
+
+def test_real_splits_busi_and_manifest_become_test_splits(tmp_path, busi, monkeypatch):
+    monkeypatch.setenv("ZOOMDX_DATA", str(tmp_path))
+    manifest = _manifest(tmp_path / "mine", ["Not circumscribed - spiculated", "heterogeneous", "circumscribed"])
+    specs = [{"name": "busi", "importer": "busi", "path": "busi"},
+             {"name": "mine", "importer": "manifest", "path": "mine/cases.jsonl", "organ": "breast"}]
+    out = tmp_path / "run_data"
+    result = store.import_real_splits(specs, out, TINY)
+    assert result["busi"]["summary"] == dict(n=2, c0_rate=0.0, bad_records=0, skipped_by_design=1)
+    mine = result["mine"]["summary"]
+    assert mine["n"] == 2 and mine["bad_records"] == 1
+    assert mine["unknown_labels"] == [dict(attribute="margin", label="heterogeneous", count=1)]
+    assert store.test_splits(out) == ["test_busi", "test_mine"]
+    assert [s.label for s in store.load_split(out, "test_mine")] == ["Not circumscribed", "Circumscribed"]
+    assert all(s.organ == "breast" for s in store.load_split(out, "test_mine"))
+
+
+def test_real_split_missing_skips_without_the_variable_and_fails_with_it(tmp_path, monkeypatch):
+    spec = [{"name": "busbra", "importer": "bus_bra", "path": "bus_bra"}]
+    monkeypatch.delenv("ZOOMDX_DATA", raising=False)
+    monkeypatch.setattr("zoomdx_lib.config.REPO_ROOT", tmp_path)   # the default data/ folder: empty
+    result = store.import_real_splits(spec, tmp_path / "out", TINY)
+    assert "not found" in result["busbra"]["summary"]["skipped"] and result["busbra"]["report"] is None
+    monkeypatch.setenv("ZOOMDX_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="bus_bra data set 'busbra' not found"):
+        store.import_real_splits(spec, tmp_path / "out", TINY)
+    with pytest.raises(ValueError, match="unknown importer"):
+        store.import_real_splits([{"name": "x", "importer": "dicom", "path": "x"}], tmp_path / "out", TINY)

@@ -27,12 +27,14 @@ import csv
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
 from ..schema import ATTRIBUTE_LABELS, Sample, SampleError, normalise_label
 from .images import IMAGE_EXTS, SAFE_ID, load_image, load_mask, mask_to_boxes
+
 # Proxy label maps from a malignancy class to a margin label (NOT a margin annotation: malignant
 # breast lesions are mostly non-circumscribed and benign ones mostly circumscribed, BI-RADS lexicon).
 MARGIN_PROXY: dict[str, str] = {"benign": "Circumscribed", "malignant": "Not circumscribed"}
@@ -47,17 +49,28 @@ class ImportReport:
         n_ok: number of samples returned.
         problems: (record, problem) of bad records skipped (only with strict=False).
         notes: (record, reason) of records skipped by design (no lesion, image not in this copy).
+        unknown_labels: Counter of (attribute, raw label) for labels with no parent in the
+            vocabulary (e.g. the BI-RADS echo pattern "heterogeneous"); their records are in problems.
     """
 
     source: str
     n_ok: int = 0
     problems: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    unknown_labels: Counter = field(default_factory=Counter)
 
     def summary(self) -> str:
-        """One line: counts of kept, bad and by-design-skipped records."""
-        return (f"{self.source}: {self.n_ok} samples, {len(self.problems)} bad records skipped, "
+        """One line: counts of kept, bad and by-design-skipped records, and labels that map to nothing."""
+        line = (f"{self.source}: {self.n_ok} samples, {len(self.problems)} bad records skipped, "
                 f"{len(self.notes)} records skipped by design")
+        if self.unknown_labels:
+            line += "; labels with no parent in the vocabulary: " + ", ".join(
+                f"{a} {raw!r} x{n}" for (a, raw), n in self.unknown_labels.most_common())
+        return line
+
+    def label_rows(self) -> list[dict]:
+        """{attribute, label, count} of every label that maps to no canonical label, most frequent first."""
+        return [dict(attribute=a, label=raw, count=n) for (a, raw), n in self.unknown_labels.most_common()]
 
 
 def _safe_id(text: str) -> str:
@@ -67,9 +80,24 @@ def _safe_id(text: str) -> str:
 class _Importer:
     """Shared validation: path under root, image readable, box/label valid, ids unique; strict or report."""
 
-    def __init__(self, root, strict: bool, source: str):
+    def __init__(self, root, strict: bool, source: str, label_map: Optional[dict] = None):
         self.root, self.strict = Path(os.path.abspath(root)), strict
         self.report, self.samples, self.ids = ImportReport(source), [], set()
+        self.label_map = {str(k).strip().lower(): v for k, v in (label_map or {}).items()}
+
+    def peek(self, raw, attribute: str) -> Optional[str]:
+        """The canonical label of a raw label (through `label_map`, case-insensitive, then the
+        vocabulary's normaliser), or None."""
+        return normalise_label(self.label_map.get(str(raw).strip().lower(), raw), attribute)
+
+    def label(self, raw, attribute: str) -> str:
+        """:meth:`peek`, but a label that maps to nothing is counted in the report and rejected."""
+        label = self.peek(raw, attribute)
+        if label is None:
+            self.report.unknown_labels[(attribute, str(raw))] += 1
+            raise SampleError(f"unknown {attribute} label {raw!r}: no parent in {ATTRIBUTE_LABELS[attribute]} "
+                              f"(map it with label_map=)")
+        return label
 
     def resolve(self, rel) -> tuple[Path, str]:
         """(absolute path, path relative to root); SampleError if it escapes the root."""
@@ -88,13 +116,9 @@ class _Importer:
         attr = kw["attribute"]
         if attr not in ATTRIBUTE_LABELS:
             raise SampleError(f"unknown attribute {attr!r}; expected one of {tuple(ATTRIBUTE_LABELS)}")
-        raw = kw["label"]
-        kw["label"] = normalise_label(raw, attr) or raw
+        kw["label"] = self.label(kw["label"], attr)
         if kw.get("rater_labels"):
-            kw["rater_labels"] = tuple(normalise_label(r, attr) or r for r in kw["rater_labels"])
-            bad = [r for r in kw["rater_labels"] if r not in ATTRIBUTE_LABELS[attr]]
-            if bad:
-                raise SampleError(f"unknown {attr} rater label(s) {bad}")
+            kw["rater_labels"] = tuple(self.label(r, attr) for r in kw["rater_labels"])
         if not SAFE_ID.fullmatch(kw["id"]):
             raise SampleError(f"id {kw['id']!r} is not usable as a file name (letters, digits, _ - .)")
         if kw["id"] in self.ids:
@@ -144,7 +168,7 @@ def _label_map(label_map: Optional[dict], attribute: str, dataset: str) -> dict:
 
 def import_busi(root, attribute: str = "margin", organ: str = "breast", strict: bool = True,
                 label_map: Optional[dict] = None, default_c: int = 1, all_components: bool = False,
-                skip_classes: tuple = ("normal",)):
+                skip_classes: tuple = ("normal",), limit: Optional[int] = None):
     """Import a BUSI-style folder: ``root/{class}/{name}.png`` with ``{name}_mask.png`` (+ ``_mask_1`` ...).
 
     Box: the union of an image's masks, then the largest 8-connected component's tight box in
@@ -153,8 +177,9 @@ def import_busi(root, attribute: str = "margin", organ: str = "breast", strict: 
     case-insensitive); the default for attribute "margin" is the PROXY ``MARGIN_PROXY``
     (benign -> Circumscribed, malignant -> Not circumscribed), which is not a margin annotation.
     BUSI has no rater agreement, so every sample gets c = `default_c` (1: treated as consensus).
-    Classes in `skip_classes` (no lesion) are skipped and listed in ``report.notes``.
-    Returns (samples, ImportReport); ids are the sanitised file stems, image_path relative to root.
+    Classes in `skip_classes` (no lesion) are skipped and listed in ``report.notes``; `limit` stops
+    after that many samples. Returns (samples, ImportReport); ids are the sanitised file stems,
+    image_path relative to root.
     """
     lmap = _label_map(label_map, attribute, "import_busi")
     imp = _Importer(root, strict, f"BUSI {root}")
@@ -164,6 +189,8 @@ def import_busi(root, attribute: str = "margin", organ: str = "breast", strict: 
         cls = cdir.name
         files = sorted(f for f in cdir.iterdir() if f.suffix.lower() in IMAGE_EXTS)
         for img in (f for f in files if not re.search(r"_mask(_\d+)?$", f.stem)):
+            if limit is not None and imp.report.n_ok >= limit:
+                break
             record = f"{cls}/{img.name}"
             if cls.lower() in skip_classes:
                 imp.report.notes.append((record, f"class {cls!r}: no lesion, skipped"))
@@ -293,18 +320,24 @@ def _manifest_box(rec: dict) -> tuple:
         raise SampleError(f"box must be 4 numbers x1, y1, x2, y2 (original pixels), got {box!r}") from None
 
 
-def import_manifest(path, root=None, strict: bool = True, organ: str = "unknown"):
+def import_manifest(path, root=None, strict: bool = True, organ: str = "unknown", label_map: Optional[dict] = None,
+                    limit: Optional[int] = None):
     """Import a generic CSV / JSONL manifest, one sample per row.
 
     Columns: image (path relative to `root`, default the manifest's folder), box (JSON list
     [x1, y1, x2, y2] in original-image pixels) or x1, y1, x2, y2 columns, attribute, label, and
     either c (0/1) or rater_a and rater_b (c = 1 when they agree; label defaults to the agreed
     one); optional organ (default `organ`), id (default the image stem), question.
-    Labels are matched case-insensitively with common synonyms. Returns (samples, ImportReport).
+    Labels (and rater labels) go through `label_map` first ({raw: canonical label}, raw matched
+    case-insensitively), then the vocabulary's normaliser (synonyms, BI-RADS subtypes -> parent);
+    a label with no parent is reported per label with its count (``report.unknown_labels``).
+    `limit` stops after that many samples. Returns (samples, ImportReport).
     """
     path = Path(path)
-    imp = _Importer(root if root is not None else path.parent, strict, f"manifest {path}")
+    imp = _Importer(root if root is not None else path.parent, strict, f"manifest {path}", label_map)
     for line, rec in _read_manifest(path):
+        if limit is not None and imp.report.n_ok >= limit:
+            break
         if isinstance(rec, SampleError):
             imp.add(f"{path.name} line {line}", lambda rec=rec: _raise(rec))
             continue
@@ -323,8 +356,7 @@ def import_manifest(path, root=None, strict: bool = True, organ: str = "unknown"
                     raise SampleError(f"c must be 0 or 1, got {rec['c']!r}")
                 c = int(str(rec["c"]).strip().lower() in ("1", "1.0", "true"))
             elif len(raters) == 2:
-                c = int(normalise_label(raters[0], attr) == normalise_label(raters[1], attr)) \
-                    if attr in ATTRIBUTE_LABELS else 0
+                c = int(imp.peek(raters[0], attr) == imp.peek(raters[1], attr)) if attr in ATTRIBUTE_LABELS else 0
             else:
                 raise SampleError("needs a c column or both rater_a and rater_b")
             label = str(rec.get("label") or "").strip() or (raters[0] if len(raters) == 2 and c == 1 else "")
@@ -338,3 +370,42 @@ def import_manifest(path, root=None, strict: bool = True, organ: str = "unknown"
                                meta={"source": f"manifest {path.name}", "line": line})]
         imp.add(record, build)
     return imp.done()
+
+
+IMPORTERS = {"bus_bra": import_bus_bra, "busi": import_busi, "manifest": import_manifest}
+
+
+@dataclass
+class RealSplit:
+    """One real test split: `name` (the split becomes ``test_{name}``), the importer ("bus_bra",
+    "busi" or "manifest"), the data set's folder or manifest file (relative paths are under
+    ``$ZOOMDX_DATA``, see :func:`zoomdx_lib.config.data_path`), and the importer's keyword
+    arguments (``label_map``, ``attribute``, ``limit``, ``root`` ...)."""
+
+    name: str
+    importer: str
+    path: str
+    options: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, spec) -> "RealSplit":
+        """From a dict ``{"name", "importer", "path", **options}`` (what a notebook parameter holds)."""
+        if isinstance(spec, RealSplit):
+            return spec
+        if not isinstance(spec, dict) or not {"name", "importer", "path"} <= set(spec):
+            raise ValueError(f"a real split needs name, importer and path, got {spec!r}")
+        rest = {k: v for k, v in spec.items() if k not in ("name", "importer", "path")}
+        split = cls(str(spec["name"]), str(spec["importer"]), str(spec["path"]), rest)
+        if split.importer not in IMPORTERS:
+            raise ValueError(f"real split {split.name!r}: unknown importer {split.importer!r}; "
+                             f"choose one of {sorted(IMPORTERS)}")
+        if not SAFE_ID.fullmatch(split.name):
+            raise ValueError(f"real split name {split.name!r} must be usable in a file name (letters, digits, _ - .)")
+        return split
+
+    def run(self, path, limit: Optional[int] = None, root=None):
+        """Import the data set at `path` (strict=False: bad records are reported and skipped);
+        `root` replaces a manifest's image root (already resolved by the caller)."""
+        options = dict(self.options, **({"root": root} if root is not None else {}))
+        options.setdefault("limit", limit)
+        return IMPORTERS[self.importer](path, strict=False, **options)

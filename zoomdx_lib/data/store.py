@@ -22,17 +22,19 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import zlib
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..config import Profile
+from ..config import DATA_ENV, Profile, data_path
 from ..geometry import crop_image, model_input_size
 from ..io import atomic_write_text, progress as progress_bar, read_jsonl, save_png, write_jsonl
 from ..protocol import parse_tool_call
 from ..schema import Sample, SampleError
 from .dialogue import build_dialogue, question_for, single_turn_messages, to_messages
 from .images import SAFE_ID, load_image
+from .importers import RealSplit
 from .synth import generate_samples
 
 CSV_COLUMNS = ["split", "id", "organ", "attribute", "label", "c", "rater_a", "rater_b", "x1", "y1", "x2", "y2",
@@ -202,3 +204,34 @@ def test_splits(data_dir) -> list[str]:
 def split_summary(samples: list[Sample]) -> dict:
     """{n, c0_rate}: how many samples a split has and the share on which the raters disagree (0-1)."""
     return dict(n=len(samples), c0_rate=sum(s.c == 0 for s in samples) / max(1, len(samples)))
+
+
+def import_real_splits(specs, out_dir, profile: Profile) -> dict:
+    """Import each real data set of `specs` (:class:`RealSplit` dicts) and export it as ``test_{name}``.
+
+    Relative paths are under ``$ZOOMDX_DATA``. A data set that is not there is skipped with the
+    reason, unless ``$ZOOMDX_DATA`` is set, which promises the data: then FileNotFoundError. Each
+    import keeps at most ``profile.data.n_real_test`` samples (or the spec's own ``limit``).
+    Returns {name: {"split", "path", "report" (ImportReport, or None when skipped), "summary"}},
+    where summary holds n, c0_rate, bad_records, skipped_by_design and unknown_labels, or
+    {"skipped": reason}.
+    """
+    out = {}
+    for split in map(RealSplit.from_spec, specs):
+        path = data_path(split.path)
+        if not path.exists():
+            why = (f"{split.importer} data set {split.name!r} not found at {path} "
+                   f"(set {DATA_ENV} or the split's path; see the README, 'Real data')")
+            if os.environ.get(DATA_ENV) and not Path(split.path).is_absolute():
+                raise FileNotFoundError(why)
+            out[split.name] = dict(split=f"test_{split.name}", path=str(path), report=None, summary={"skipped": why})
+            continue
+        root = data_path(split.options["root"]) if split.options.get("root") else None
+        samples, report = split.run(path, profile.data.n_real_test, root)
+        root = root or (path if path.is_dir() else path.parent)
+        export_samples(samples, root, out_dir, f"test_{split.name}", profile)
+        summary = dict(**split_summary(samples), bad_records=len(report.problems), skipped_by_design=len(report.notes))
+        if report.unknown_labels:
+            summary["unknown_labels"] = report.label_rows()
+        out[split.name] = dict(split=f"test_{split.name}", path=str(path), report=report, summary=summary)
+    return out
