@@ -29,6 +29,7 @@
 profile = "smoke"
 run_dir = "../runs/smoke"
 seed = 0
+overrides = {}        # profile fields to change, e.g. {"grpo__steps": 20, "model__path": "path/to/Qwen2.5-VL-7B-Instruct"}
 # Real test splits, each {"name", "importer": "bus_bra" | "busi" | "manifest", "path", **importer options such as
 # label_map, attribute, root, limit}; relative paths are under $ZOOMDX_DATA (default: the repo's data/ folder).
 real_splits = [{"name": "busbra", "importer": "bus_bra", "path": "bus_bra"}]
@@ -42,7 +43,7 @@ from zoomdx_lib.data import importers, raters, store
 from zoomdx_lib.workbook import viz, widgets as W
 from zoomdx_lib.workbook.rundir import setup
 
-run = setup("01_data_construction", profile, run_dir, seed)
+run = setup("01_data_construction", profile, run_dir, seed, **overrides)
 prof = run.profile
 
 # %% [markdown]

@@ -37,6 +37,7 @@
 profile = "smoke"          # smoke | cpu | paper
 run_dir = "../runs/smoke"  # the runner passes an absolute path
 seed = 0
+overrides = {}        # profile fields to change, e.g. {"grpo__steps": 20, "model__path": "path/to/Qwen2.5-VL-7B-Instruct"}
 train_single_turn = True   # also train the no-zoom baseline
 
 # %%
@@ -50,7 +51,7 @@ from zoomdx_lib.train.sft import run_sft
 from zoomdx_lib.workbook import viz
 from zoomdx_lib.workbook.rundir import setup
 
-run = setup("02_sft_zoom_then_diagnose", profile, run_dir, seed)
+run = setup("02_sft_zoom_then_diagnose", profile, run_dir, seed, **overrides)
 prof = run.profile
 
 # %% [markdown]

@@ -33,9 +33,9 @@
 profile = "smoke"
 run_dir = "../runs/smoke"
 seed = 0
+overrides = {}        # profile fields to change, e.g. {"grpo__steps": 20, "model__path": "path/to/Qwen2.5-VL-7B-Instruct"}
 estimator = "credit"        # group | batch | credit
 also_paper_group = None     # also train the paper-literal `group` estimator row (None: the profile's choice)
-grpo_steps = None           # None: the profile's number of steps
 
 # %%
 import pandas as pd
@@ -48,7 +48,7 @@ from zoomdx_lib.train.grpo import RESULT_KEYS, log_end_values, run_grpo
 from zoomdx_lib.workbook import viz
 from zoomdx_lib.workbook.rundir import setup
 
-run = setup("03_grpo_uncertainty_alignment", profile, run_dir, seed)
+run = setup("03_grpo_uncertainty_alignment", profile, run_dir, seed, **overrides)
 prof = run.profile
 sft = run.models("02_sft_zoom_then_diagnose")["zoom_sft"]
 print("starting from", sft.adapter)
@@ -61,7 +61,7 @@ if also_paper_group and estimator != "group":
     variants.append(("uncertainty", "group"))
 runs = {}
 for variant, est in variants:
-    r = run_grpo(prof, run.dir, variant, est, sft.base, sft.adapter, steps=grpo_steps)
+    r = run_grpo(prof, run.dir, variant, est, sft.base, sft.adapter)
     runs[r["name"]] = r
     run.record_phase(f"{r['name']}_generation", r["time_generation_s"])
     run.record_phase(f"{r['name']}_update", r["time_update_s"])

@@ -27,6 +27,7 @@
 profile = "smoke"
 run_dir = "../runs/smoke"
 seed = 0
+overrides = {}        # profile fields to change, e.g. {"grpo__steps": 20, "model__path": "path/to/Qwen2.5-VL-7B-Instruct"}
 extra_checkpoints = {}      # {"name": "path/to/Qwen2.5-VL-7B-Instruct"}: zero-shot two-turn rows
 
 # %%
@@ -40,7 +41,7 @@ from zoomdx_lib.eval.scores import calibration_arrays, pick_ambiguous_case, rati
 from zoomdx_lib.workbook import viz
 from zoomdx_lib.workbook.rundir import evaluation_methods, setup
 
-run = setup("04_calibration_analysis", profile, run_dir, seed)
+run = setup("04_calibration_analysis", profile, run_dir, seed, **overrides)
 prof = run.profile
 methods = evaluation_methods(run, extra_checkpoints)
 print([m.name for m in methods])

@@ -24,6 +24,7 @@
 profile = "smoke"
 run_dir = "../runs/smoke"
 seed = 0
+overrides = {}        # profile fields to change, e.g. {"grpo__steps": 20, "model__path": "path/to/Qwen2.5-VL-7B-Instruct"}
 mode = "sample"     # sample: 8 rollouts at T=0.7; or greedy
 
 # %%
@@ -33,7 +34,7 @@ from IPython.display import display
 from zoomdx_lib.workbook import widgets as W
 from zoomdx_lib.workbook.rundir import setup
 
-run = setup("05_rollout_browser", profile, run_dir, seed)
+run = setup("05_rollout_browser", profile, run_dir, seed, **overrides)
 records_by = W.cached_rollouts(run.generations_dir, mode, seed)
 print(f"{len(records_by)} (dataset, method) pairs cached")
 

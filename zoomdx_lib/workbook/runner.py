@@ -179,6 +179,18 @@ def run_chain(profile: str, run_dir, notebooks_dir=DEFAULT_NOTEBOOKS, force: boo
     return manifest
 
 
+def _key_values(items) -> dict:
+    """{k: v} from "k=v" strings; v parsed as JSON when it is JSON, else kept as a string."""
+    out = {}
+    for kv in items:
+        k, _, v = kv.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m zoomdx_lib.workbook.runner", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default cpu)")
@@ -188,15 +200,13 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated notebook numbers, e.g. 01,02")
     ap.add_argument("--notebooks", default=str(DEFAULT_NOTEBOOKS), help="folder of numbered notebooks")
     ap.add_argument("--param", action="append", default=[], help="extra notebook parameter k=v (JSON value)")
+    ap.add_argument("--set", action="append", default=[], metavar="STAGE__FIELD=VALUE",
+                    help="change a profile field in every notebook, e.g. --set grpo__steps=20 (JSON value)")
     ap.add_argument("--publish-figures", default=None, help="copy the run's figures/*.png here")
     args = ap.parse_args(argv)
-    extra = {}
-    for kv in args.param:
-        k, _, v = kv.partition("=")
-        try:
-            extra[k] = json.loads(v)
-        except json.JSONDecodeError:
-            extra[k] = v
+    extra = _key_values(args.param)
+    if args.set:
+        extra["overrides"] = _key_values(args.set)
     out = args.out or f"runs/{args.profile}"
     try:
         manifest = run_chain(args.profile, out, args.notebooks, args.force,
