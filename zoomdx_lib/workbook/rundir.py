@@ -86,25 +86,11 @@ class Run:
     profile: Profile
     dir: Path
 
-    @property
-    def seed(self) -> int:
-        return self.profile.seed
-
-    @property
-    def data_dir(self) -> Path:
-        return self.dir / "data"
-
-    @property
-    def fig_dir(self) -> Path:
-        return self.dir / "figures"
-
-    @property
-    def tables_dir(self) -> Path:
-        return self.dir / "tables"
-
-    @property
-    def generations_dir(self) -> Path:
-        return self.dir / "generations"
+    seed = property(lambda self: self.profile.seed)
+    data_dir = property(lambda self: self.dir / "data", doc="the data folder (notebook 01)")
+    fig_dir = property(lambda self: self.dir / "figures", doc="figures of this run")
+    tables_dir = property(lambda self: self.dir / "tables", doc="CSV, Markdown and LaTeX tables")
+    generations_dir = property(lambda self: self.dir / "generations", doc="cached generations per method")
 
     def figure(self, name: str) -> Path:
         """Where the figure `name` (a file name such as "sft_loss.png") of this run goes."""
