@@ -433,7 +433,7 @@ def test_manifest_label_map_applies_before_the_vocabulary(tmp_path):
 
 def test_real_splits_busi_and_manifest_become_test_splits(tmp_path, busi, monkeypatch):
     monkeypatch.setenv("ZOOMDX_DATA", str(tmp_path))
-    manifest = _manifest(tmp_path / "mine", ["Not circumscribed - spiculated", "heterogeneous", "circumscribed"])
+    _manifest(tmp_path / "mine", ["Not circumscribed - spiculated", "heterogeneous", "circumscribed"])
     specs = [{"name": "busi", "importer": "busi", "path": "busi"},
              {"name": "mine", "importer": "manifest", "path": "mine/cases.jsonl", "organ": "breast"}]
     out = tmp_path / "run_data"

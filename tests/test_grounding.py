@@ -1,0 +1,42 @@
+"""The grounding check: fresh cases, the model's own box, answers from the oracle crop, constant baselines."""
+import json
+
+import numpy as np
+
+from zoomdx_lib.eval.grounding import fresh_cases, grounding_report, main
+from zoomdx_lib.geometry import model_box, model_input_size, processor_pixel_bounds
+from zoomdx_lib.protocol import format_answer, format_tool_call, turn
+from zoomdx_lib.rl.rollout import ScriptedPolicy
+
+
+def test_a_policy_that_sees_scores_one_and_the_baselines_are_constants(tiny):
+    model, processor = tiny
+    items = fresh_cases("breast", 6, seed=4242, size=256)
+    assert len({s.id for s, _ in items}) == 6 and all(s.question for s, _ in items)
+    lo, hi = processor_pixel_bounds(processor)
+    calls = [turn("look", format_tool_call(model_box(s.box, im.size, model_input_size(*im.size, lo, hi))))
+             for s, im in items]
+    answers = [turn("read", format_answer(s.attribute, s.label)) for s, _ in items]
+    seeing = ScriptedPolicy(processor, calls, answers)
+    rep = grounding_report(model, processor, items, 112 * 112, policy=seeing,
+                           read_policy=ScriptedPolicy(processor, calls, answers), n_boot=50)
+    assert rep["miou"] > 0.9 and rep["acc"] == 1.0 and rep["tool_call_valid"] == 1.0
+    assert rep["miou_ci"][0] <= rep["miou"] <= rep["miou_ci"][1]
+    boxes = np.array([s.box for s, _ in items])
+    assert 0 < rep["mean_box_miou"] < rep["miou"] and boxes.std(0).max() > 0
+    assert 0 < rep["majority_acc"] <= 1.0
+    blind = grounding_report(model, processor, items, 112 * 112, policy=ScriptedPolicy(processor, ["no call"], ["x"]),
+                             read_policy=ScriptedPolicy(processor, calls, ["<answer>{}</answer>"]), n_boot=50)
+    assert blind["miou"] == 0.0 and blind["acc"] == 0.0 and blind["tool_call_valid"] == 0.0
+
+
+def test_command_prints_one_json_line(tiny_path, capsys):
+    assert main(["--organ", "liver", "--n", "4", "--seed", "99", "--model", str(tiny_path), "--profile", "smoke"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"organ", "n", "miou", "miou_ci", "mean_box_miou", "acc", "acc_ci", "majority_acc"} <= set(line)
+    assert line["organ"] == "liver" and line["n"] == 4
+
+
+def test_command_without_a_checkpoint_says_so(tmp_path, capsys):
+    assert main(["--organ", "liver", "--n", "4", "--seed", "1", "--model", str(tmp_path)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
