@@ -102,3 +102,27 @@ def test_grpo_resume_continues_from_saved_step(tiny_path, speckle_image, tmp_pat
     rows = train_grpo(model2, processor, items, cfg, tmp_path, rollout_cfg=short, progress=False,
                       callbacks=[lambda r: seen.append(r["step"])])
     assert seen == [3] and [r["step"] for r in rows] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_ratio_is_exactly_one_before_the_update_despite_lora_dropout(tiny_path, speckle_image):
+    model, processor = _peft(tiny_path)          # LoRA dropout 0.05
+    policy = ScriptedPolicy(processor, [T1], lambda i: GOOD if i % 2 == 0 else BAD)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    row = grpo_step(model, processor, [(_sample(), speckle_image)], GRPOConfig(micro_batch=3), opt, policy=policy)
+    assert row["ratio_max_dev"] == 0.0 and row["no_signal_share"] == 0.0
+
+
+@pytest.mark.slow
+def test_update_does_not_depend_on_the_micro_batch(tiny_path, speckle_image):
+    """Backward per micro-batch gives the gradient of the whole batch: same step at micro-batch 1 and 16."""
+    items = [(_sample(), speckle_image), (_sample(c=0), speckle_image)]
+    after = []
+    for micro in (1, 16):
+        model, processor = _peft(tiny_path)
+        policy = ScriptedPolicy(processor, [T1], lambda i: GOOD if i % 3 else BAD)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+        grpo_step(model, processor, items, GRPOConfig(micro_batch=micro), opt, policy=policy)
+        after.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+    for name, p in after[0].items():
+        assert torch.allclose(p, after[1][name], atol=1e-6), name

@@ -20,7 +20,6 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from peft import PeftModel
 
 from ..config import PAPER, GRPOConfig, PaperHyperParams, Profile, RolloutConfig
@@ -36,23 +35,33 @@ __all__ = ["GRPOConfig", "RolloutConfig", "VARIANTS", "grpo_step", "train_grpo",
            "log_end_values", "LOG_KEYS", "RESULT_KEYS"]
 
 
+def _chunks(items: Sequence, size: int):
+    return [items[s:s + size] for s in range(0, len(items), size)]
+
+
 def sequence_logprobs(model, processor, trajs: Sequence[Trajectory], temperature: float, micro_batch: int = 16):
     """Per-token log-probabilities (at the sampling temperature) of each trajectory's own tokens.
 
     Returns a list of 1-D tensors, one per trajectory, over the positions its policy mask marks.
+    Logits are computed only at those positions (``logits_to_keep`` with a boolean mask): no
+    full-vocabulary tensor over the whole sequence is ever built. With grad enabled the tensors
+    carry the graph of their micro-batch.
     """
+    device = next(model.parameters()).device
     out = []
-    for s in range(0, len(trajs), micro_batch):
-        chunk = trajs[s:s + micro_batch]
+    for chunk in _chunks(trajs, micro_batch):
         seqs = [t.sequence() for t in chunk]
         inputs = chat.model_inputs([ids for ids, _ in seqs], [t.image_inputs for t in chunk], processor, side="right")
-        device = next(model.parameters()).device
+        T = inputs["input_ids"].shape[1]
+        # position t predicts token t + 1: keep t where token t + 1 is the policy's own
+        keep = torch.zeros((len(chunk), T), dtype=torch.bool)
+        for i, (_, mask) in enumerate(seqs):
+            keep[i, :len(mask) - 1] = torch.tensor(mask[1:], dtype=torch.bool)
+        targets = inputs["input_ids"][:, 1:][keep[:, :-1]]
         inputs = {k: v.to(device) for k, v in inputs.items()}
-        logits = model(**inputs).logits[:, :-1].float() / temperature
-        logp = torch.gather(F.log_softmax(logits, -1), 2, inputs["input_ids"][:, 1:, None]).squeeze(-1)
-        for i, (ids, mask) in enumerate(seqs):
-            m = torch.tensor(mask[1:], dtype=torch.bool, device=device)
-            out.append(logp[i, :len(ids) - 1][m])
+        logits = model(**inputs, logits_to_keep=keep.to(device)).logits.float() / temperature
+        logp = logits.gather(1, targets.to(device)[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
+        out += list(torch.split(logp, keep.sum(1).tolist()))
     return out
 
 
@@ -63,6 +72,11 @@ def grpo_step(model, processor, items, cfg: GRPOConfig, optimizer, variant: str 
 
     `policy` defaults to sampling from `model`; `reward_fn(trajs, sample)` defaults to
     `score_group(..., variant)` and must return a dict with individual, group_term, answers.
+    The model stays in eval mode: LoRA dropout is off for the rollouts, the old and reference
+    log-probabilities (no graph) and the loss pass alike, so the PPO ratio is exactly 1 before the
+    update (logged as ``ratio_max_dev``) and measures the update alone. The loss is backpropagated
+    one micro-batch of ``cfg.micro_batch`` trajectories at a time: memory grows with the
+    micro-batch, not with P x G.
     """
     G = hp.group_size
     reward_fn = reward_fn or (lambda trajs, sample: score_group(trajs, sample, variant, hp))
@@ -79,37 +93,43 @@ def grpo_step(model, processor, items, cfg: GRPOConfig, optimizer, variant: str 
                              cfg.estimator, hp)
     t1 = time.perf_counter()
     flat = [t for group in trajs for t in group]
-    flat_adv = torch.tensor(adv.reshape(-1), dtype=torch.float32)
-    model.train()
+    flat_adv = adv.reshape(-1).tolist()
     with torch.no_grad():
         old = sequence_logprobs(model, processor, flat, hp.temperature, cfg.micro_batch)
         ref = None
         if cfg.beta > 0:
             with model.disable_adapter():
                 ref = sequence_logprobs(model, processor, flat, hp.temperature, cfg.micro_batch)
-    new = sequence_logprobs(model, processor, flat, hp.temperature, cfg.micro_batch)
-    losses, kls = [], []
-    for k, lp in enumerate(new):
-        if lp.numel() == 0:
-            continue
-        ratio = torch.exp(lp - old[k])
-        a = flat_adv[k]
-        surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - hp.clip_epsilon, 1 + hp.clip_epsilon) * a)
-        per_token = -surrogate
-        if ref is not None:  # k3 estimator of KL(pi || pi_ref), as in GRPO
-            d = ref[k] - lp
-            kl = torch.exp(d) - d - 1
-            per_token = per_token + cfg.beta * kl
-            kls.append(float(kl.mean()))
-        losses.append(per_token.mean())
-    loss = torch.stack(losses).mean() if losses else torch.zeros((), requires_grad=True)
+    scored = [k for k, lp in enumerate(old) if lp.numel() > 0]
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    losses, kls, ratio_dev = [], [], 0.0
+    for chunk in _chunks(list(range(len(flat))), cfg.micro_batch):
+        new = sequence_logprobs(model, processor, [flat[k] for k in chunk], hp.temperature, len(chunk))
+        terms = []
+        for k, lp in zip(chunk, new):
+            if lp.numel() == 0:
+                continue
+            ratio = torch.exp(lp - old[k])
+            ratio_dev = max(ratio_dev, float((ratio.detach() - 1).abs().max()))
+            a = flat_adv[k]
+            surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - hp.clip_epsilon, 1 + hp.clip_epsilon) * a)
+            per_token = -surrogate
+            if ref is not None:  # k3 estimator of KL(pi || pi_ref), as in GRPO
+                d = ref[k] - lp
+                kl = torch.exp(d) - d - 1
+                per_token = per_token + cfg.beta * kl
+                kls.append(float(kl.mean()))
+            terms.append(per_token.mean())
+        if terms:   # mean over all scored trajectories, accumulated one micro-batch at a time
+            part = torch.stack(terms).sum() / len(scored)
+            part.backward()
+            losses.append(float(part.detach()))
     grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     optimizer.step()
-    model.eval()
     t_upd = time.perf_counter() - t1
-    return _log_row(trajs, items, scores, adv, float(loss.detach()), kls, float(grad_norm), t_gen, t_upd)
+    row = _log_row(trajs, items, scores, adv, sum(losses), kls, float(grad_norm), t_gen, t_upd)
+    row["ratio_max_dev"] = ratio_dev
+    return row
 
 
 def _log_row(trajs, items, scores, adv, loss, kls, grad_norm, t_gen, t_upd) -> dict:
