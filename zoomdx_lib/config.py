@@ -73,6 +73,11 @@ class ModelConfig:
         text_hidden=256, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=768,
         vision_hidden=128, vision_depth=4, vision_heads=4, vision_intermediate=384))
 
+    @property
+    def pixel_bounds(self) -> dict:
+        """The processor's pixel bounds as keyword arguments: every stage loads with the same ones."""
+        return dict(min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+
 
 @dataclass
 class DataConfig:

@@ -108,7 +108,7 @@ def evaluate_methods(methods: Sequence[Method], datasets: dict, profile: Profile
 
         def loader(method=method, loaded=loaded):
             if "m" not in loaded:
-                loaded["m"] = load_policy(method.base, method.adapter, profile.device)
+                loaded["m"] = load_policy(method.base, method.adapter, profile.device, **profile.model.pixel_bounds)
             return loaded["m"]
 
         for name, items in datasets.items():

@@ -192,7 +192,7 @@ def run_grpo(profile: Profile, run_dir, variant: str, estimator: str, sft_base: 
         raise ValueError(f"unknown GRPO variant {variant!r}; choose one of {VARIANTS}")
     run_dir, t0 = Path(run_dir), time.perf_counter()
     name = name or run_name(variant, estimator)
-    model, processor = load_model_and_processor(sft_base, device=profile.device)
+    model, processor = load_model_and_processor(sft_base, device=profile.device, **profile.model.pixel_bounds)
     model = PeftModel.from_pretrained(model, sft_adapter, is_trainable=True)
     cfg = dataclasses.replace(profile.grpo, estimator=estimator, steps=profile.grpo.steps if steps is None else steps)
     items = load_items(run_dir / "data", "train")
