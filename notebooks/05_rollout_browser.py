@@ -25,7 +25,7 @@ profile = "smoke"
 run_dir = "../runs/smoke"
 seed = 0
 overrides = {}        # profile fields to change, e.g. {"grpo__steps": 20, "model__path": "path/to/Qwen2.5-VL-7B-Instruct"}
-mode = "sample"     # sample: 8 rollouts at T=0.7; or greedy
+mode = "sample"     # sample: 8 rollouts at temperature 0.7; or greedy
 
 # %%
 import pandas as pd

@@ -145,7 +145,12 @@ def test_notebook_pairs_are_in_sync_and_committed_without_outputs(source):
     assert pair_differences(source) == []
     nb = nbformat.read(str(source.with_suffix(".ipynb")), as_version=4)
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks without outputs"
-    assert sum("parameters" in c.metadata.get("tags", ()) for c in nb.cells) == 1
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", ())]
+    assert len(params) == 1
+    # papermill reads every parameter (name, default, help): what `papermill --help-notebook` shows
+    from papermill.translators import PythonTranslator
+    assigned = [t.id for node in ast.parse(params[0].source).body for t in getattr(node, "targets", [])]
+    assert [p.name for p in PythonTranslator.inspect(params[0])] == assigned
 
 
 def test_pair_check_notices_an_edit(tmp_path):
