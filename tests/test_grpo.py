@@ -126,3 +126,19 @@ def test_update_does_not_depend_on_the_micro_batch(tiny_path, speckle_image):
         after.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
     for name, p in after[0].items():
         assert torch.allclose(p, after[1][name], atol=1e-6), name
+
+
+@pytest.mark.slow
+def test_step_with_gradient_checkpointing_updates_lora_with_ratio_one(tiny_path, speckle_image):
+    """The paper profile trains with gradient checkpointing: the loss pass runs in train mode (dropout at p = 0)."""
+    from peft import get_peft_model
+    model, processor = load_model_and_processor(tiny_path, gradient_checkpointing=True)
+    torch.manual_seed(0)
+    model = get_peft_model(model, lora_config(rank=8, alpha=16))
+    policy = ScriptedPolicy(processor, [T1], lambda i: GOOD if i % 2 == 0 else BAD)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    row = grpo_step(model, processor, [(_sample(), speckle_image)], GRPOConfig(micro_batch=4), opt, policy=policy)
+    assert row["ratio_max_dev"] == 0.0
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_B" in n)
+    assert all(m.p == 0.05 for n, m in model.named_modules() if isinstance(m, torch.nn.Dropout) and "lora" in n)

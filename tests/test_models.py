@@ -1,9 +1,11 @@
 """The offline tiny Qwen2.5-VL: save/load, a two-turn two-image forward/backward, generate, LoRA scope."""
+import pytest
 import torch
 
 from zoomdx_lib.model import chat
-from zoomdx_lib.model.load import (LORA_TARGET_REGEX, UnsafeCheckpointError, check_safetensors_only, load_model_and_processor,
-                               lora_config, parameter_report)
+from zoomdx_lib.model.load import (LORA_TARGET_REGEX, CheckpointFolderError, UnsafeCheckpointError, check_safetensors_only,
+                                   default_attention, load_model_and_processor, lora_config,
+                                   missing_checkpoint_files, parameter_report)
 from zoomdx_lib.train.sft import encode_conversation, sft_loss
 
 TURN1 = '<think>Scanning the image.</think>\n<tool_call>{"bbox_2d": [52, 84, 126, 140]}</tool_call>'
@@ -111,3 +113,30 @@ def test_tiny_mrope_resolves_width_and_height(tiny):
         assert (step > 1e-6).float().mean() < 0.5         # and only its own third of them moves
     sections = model.config.text_config.rope_parameters["mrope_section"]
     assert sum(sections) == model.config.text_config.hidden_size // model.config.text_config.num_attention_heads // 2
+
+
+def test_checkpoint_must_be_a_complete_local_folder(tiny_path, tmp_path):
+    import json
+    import shutil
+    assert missing_checkpoint_files(tiny_path) == []
+    with pytest.raises(CheckpointFolderError, match="not a directory.*huggingface-cli download"):
+        load_model_and_processor("Qwen/Qwen2.5-VL-7B-Instruct")          # a hub id: never fetched
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_path, partial)
+    (partial / "model.safetensors").rename(partial / "model-00001-of-00002.safetensors")
+    (partial / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (partial / "tokenizer.json").unlink()
+    missing = missing_checkpoint_files(partial)
+    assert missing == ["model-00002-of-00002.safetensors (named in model.safetensors.index.json)",
+                       "tokenizer.json (or vocab.json + merges.txt)"]
+    with pytest.raises(CheckpointFolderError, match="model-00002-of-00002.safetensors"):
+        load_model_and_processor(partial)
+
+
+def test_loading_defaults_per_device(tiny_path):
+    model, _ = load_model_and_processor(tiny_path)
+    assert next(model.parameters()).dtype == torch.float32 and not model.training
+    assert default_attention("cpu") is None and default_attention("cuda:0") in ("sdpa", "flash_attention_2")
+    ckpt, _ = load_model_and_processor(tiny_path, gradient_checkpointing=True)
+    assert ckpt.is_gradient_checkpointing and ckpt.config.use_cache is False

@@ -63,12 +63,15 @@ PAPER = PaperHyperParams()
 class ModelConfig:
     """The checkpoint and its processor bounds (pixels of the model-input image).
 
-    path None means "build the offline tiny Qwen2.5-VL into the run folder" with `tiny` sizes.
+    path None means "build the offline tiny Qwen2.5-VL into the run folder" with `tiny` sizes;
+    otherwise a complete local checkpoint folder. gradient_checkpointing trades compute for
+    activation memory while training.
     """
 
     path: Optional[str] = None
     min_pixels: int = 112 * 112
     max_pixels: int = 224 * 224
+    gradient_checkpointing: bool = False
     tiny: dict = field(default_factory=lambda: dict(
         text_hidden=256, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=768,
         vision_hidden=128, vision_depth=4, vision_heads=4, vision_intermediate=384))
@@ -183,7 +186,8 @@ PROFILES: dict[str, Profile] = {
         grpo=GRPOConfig(steps=10, paper_group_row=False, checkpoint_every=5)),
     "paper": Profile(
         name="paper", device="cuda",
-        model=ModelConfig(path="Qwen/Qwen2.5-VL-7B-Instruct", min_pixels=56 * 56, max_pixels=28 * 28 * 1280),
+        model=ModelConfig(path=str(REPO_ROOT / "checkpoints" / "Qwen2.5-VL-7B-Instruct"),  # git-ignored, local
+                          min_pixels=56 * 56, max_pixels=28 * 28 * 1280, gradient_checkpointing=True),
         data=DataConfig(image_size=448, n_train_per_organ=4000),
         rollout=RolloutConfig(max_new_tokens=(256, 256), crop_pixels=28 * 28 * 256),
         sft=SFTConfig(full_steps=0, lora_steps=2000, batch_size=16, lr_lora=1e-4),

@@ -7,6 +7,8 @@ folder, so every code path downstream is the real one. Weights load from safeten
 from __future__ import annotations
 
 import glob
+import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -14,6 +16,60 @@ from typing import Optional
 import torch
 from peft import LoraConfig, PeftModel
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+HOW_TO_GET = ("ZoomDx never downloads. On a machine with internet run e.g. `huggingface-cli download "
+              "Qwen/Qwen2.5-VL-7B-Instruct --local-dir Qwen2.5-VL-7B-Instruct` (also "
+              "lingshu-medical-mllm/Lingshu-7B, JZPeterPan/MedVLM-R1), then copy the folder here.")
+
+
+class CheckpointFolderError(FileNotFoundError):
+    """A checkpoint path that is not a complete local Qwen2.5-VL folder; the message lists what is missing."""
+
+
+def missing_checkpoint_files(path) -> list[str]:
+    """What a local Qwen2.5-VL folder lacks to be loaded offline: [] when complete.
+
+    Needs config.json; weights as model.safetensors or an index whose every shard is present; a
+    tokenizer (tokenizer.json, or vocab.json + merges.txt); an image-processor config
+    (processor_config.json or preprocessor_config.json); and a chat template (chat_template.jinja /
+    .json, or one inside tokenizer_config.json).
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return [f"the folder itself ({p} is not a directory)"]
+    missing = [] if (p / "config.json").exists() else ["config.json"]
+    index = p / "model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text()).get("weight_map", {}).values()))
+        missing += [f"{s} (named in {index.name})" for s in shards if not (p / s).exists()]
+    elif not (p / "model.safetensors").exists():
+        missing.append("model.safetensors (or model.safetensors.index.json and its shards)")
+    if not ((p / "tokenizer.json").exists() or ((p / "vocab.json").exists() and (p / "merges.txt").exists())):
+        missing.append("tokenizer.json (or vocab.json + merges.txt)")
+    if not any((p / f).exists() for f in ("processor_config.json", "preprocessor_config.json")):
+        missing.append("preprocessor_config.json (or processor_config.json)")
+    tok_cfg = p / "tokenizer_config.json"
+    if not (any((p / f).exists() for f in ("chat_template.jinja", "chat_template.json"))
+            or (tok_cfg.exists() and "chat_template" in json.loads(tok_cfg.read_text()))):
+        missing.append("a chat template (chat_template.jinja, chat_template.json or tokenizer_config.json)")
+    return missing
+
+
+def check_checkpoint_folder(path) -> Path:
+    """`path` as a Path when it is a complete local checkpoint folder; CheckpointFolderError otherwise."""
+    missing = missing_checkpoint_files(path)
+    if missing:
+        raise CheckpointFolderError(f"{path}: not a complete local checkpoint folder; missing: "
+                                    f"{'; '.join(missing)}. {HOW_TO_GET}")
+    return Path(path)
+
+
+def default_attention(device: str) -> Optional[str]:
+    """flash-attention 2 on CUDA when installed, else sdpa; None on CPU (transformers' own default, sdpa)."""
+    if not str(device).startswith("cuda"):
+        return None
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+
 
 class UnsafeCheckpointError(RuntimeError):
     """Raised when a checkpoint folder holds only pickle weights (.bin/.pt), which are never loaded."""
@@ -32,20 +88,34 @@ def check_safetensors_only(path) -> None:
             "Convert with `model.save_pretrained(dir, safe_serialization=True)` in a trusted environment.")
 
 
-def load_model_and_processor(path_or_id, dtype=torch.float32, device: str = "cpu", trust_remote_code: bool = False,
-                             attn_implementation: Optional[str] = None, **processor_kwargs):
-    """Load a Qwen2.5-VL checkpoint (the tiny one, Qwen2.5-VL-7B, Lingshu, MedVLM-R1: same class).
+def load_model_and_processor(path, dtype=None, device: str = "cpu", trust_remote_code: bool = False,
+                             attn_implementation: Optional[str] = None, gradient_checkpointing: bool = False,
+                             **processor_kwargs):
+    """Load a local Qwen2.5-VL checkpoint folder (the tiny one, Qwen2.5-VL-7B, Lingshu, MedVLM-R1: same class).
 
-    safetensors only; `trust_remote_code` stays off unless the caller sets it. `processor_kwargs`
-    (e.g. min_pixels/max_pixels) go to `AutoProcessor.from_pretrained`. Returns (model, processor),
-    the model in eval mode on `device`.
+    `path` must be a complete local folder (:func:`check_checkpoint_folder` says what is missing);
+    safetensors only; `trust_remote_code` stays off unless the caller sets it. `dtype` None means
+    bf16 on CUDA and fp32 on CPU; `attn_implementation` None means :func:`default_attention`. On
+    CUDA the weights load straight onto the device. `gradient_checkpointing` trades compute for
+    activation memory in training. `processor_kwargs` (e.g. min_pixels/max_pixels) go to
+    `AutoProcessor.from_pretrained`. Returns (model, processor), the model in eval mode on `device`.
     """
-    check_safetensors_only(path_or_id)
-    kwargs = dict(dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path_or_id, **kwargs).to(device)
-    processor = AutoProcessor.from_pretrained(path_or_id, trust_remote_code=trust_remote_code, **processor_kwargs)
+    check_safetensors_only(path)
+    path = check_checkpoint_folder(path)
+    on_gpu = str(device).startswith("cuda")
+    kwargs = dict(dtype=dtype or (torch.bfloat16 if on_gpu else torch.float32), use_safetensors=True,
+                  trust_remote_code=trust_remote_code)
+    attn = attn_implementation or default_attention(device)
+    if attn:
+        kwargs["attn_implementation"] = attn
+    if on_gpu:
+        kwargs["device_map"] = device
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs).to(device)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()   # LoRA: the frozen embeddings must still pass gradients on
+        model.config.use_cache = False
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **processor_kwargs)
     processor.tokenizer.padding_side = "left"
     model.eval()
     return model, processor

@@ -13,6 +13,7 @@ results, and a group-level reward needs whole groups per rank. This step keeps e
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -33,6 +34,21 @@ from .loop import LoopConfig, run_loop
 
 __all__ = ["GRPOConfig", "RolloutConfig", "VARIANTS", "grpo_step", "train_grpo", "run_grpo", "sequence_logprobs",
            "log_end_values", "LOG_KEYS", "RESULT_KEYS"]
+
+
+@contextlib.contextmanager
+def dropout_off(model):
+    """Every dropout of `model` at p = 0 inside the block (restored after): train mode without noise,
+    so gradient checkpointing stays active while the loss pass equals the eval-mode forward."""
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    saved = [m.p for m in drops]
+    for m in drops:
+        m.p = 0.0
+    try:
+        yield
+    finally:
+        for m, p in zip(drops, saved):
+            m.p = p
 
 
 def _chunks(items: Sequence, size: int):
@@ -72,9 +88,10 @@ def grpo_step(model, processor, items, cfg: GRPOConfig, optimizer, variant: str 
 
     `policy` defaults to sampling from `model`; `reward_fn(trajs, sample)` defaults to
     `score_group(..., variant)` and must return a dict with individual, group_term, answers.
-    The model stays in eval mode: LoRA dropout is off for the rollouts, the old and reference
-    log-probabilities (no graph) and the loss pass alike, so the PPO ratio is exactly 1 before the
-    update (logged as ``ratio_max_dev``) and measures the update alone. The loss is backpropagated
+    LoRA dropout is off for the rollouts, the old and reference log-probabilities (eval mode, no
+    graph) and the loss pass alike (train mode with every dropout at p = 0, so gradient
+    checkpointing still works), so the PPO ratio is exactly 1 before the update (logged as
+    ``ratio_max_dev``) and measures the update alone. The loss is backpropagated
     one micro-batch of ``cfg.micro_batch`` trajectories at a time: memory grows with the
     micro-batch, not with P x G.
     """
@@ -103,33 +120,47 @@ def grpo_step(model, processor, items, cfg: GRPOConfig, optimizer, variant: str 
     scored = [k for k, lp in enumerate(old) if lp.numel() > 0]
     optimizer.zero_grad(set_to_none=True)
     losses, kls, ratio_dev = [], [], 0.0
-    for chunk in _chunks(list(range(len(flat))), cfg.micro_batch):
-        new = sequence_logprobs(model, processor, [flat[k] for k in chunk], hp.temperature, len(chunk))
-        terms = []
-        for k, lp in zip(chunk, new):
-            if lp.numel() == 0:
-                continue
-            ratio = torch.exp(lp - old[k])
-            ratio_dev = max(ratio_dev, float((ratio.detach() - 1).abs().max()))
-            a = flat_adv[k]
-            surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - hp.clip_epsilon, 1 + hp.clip_epsilon) * a)
-            per_token = -surrogate
-            if ref is not None:  # k3 estimator of KL(pi || pi_ref), as in GRPO
-                d = ref[k] - lp
-                kl = torch.exp(d) - d - 1
-                per_token = per_token + cfg.beta * kl
-                kls.append(float(kl.mean()))
-            terms.append(per_token.mean())
-        if terms:   # mean over all scored trajectories, accumulated one micro-batch at a time
-            part = torch.stack(terms).sum() / len(scored)
-            part.backward()
-            losses.append(float(part.detach()))
+    with dropout_off(model):
+        model.train()
+        for chunk in _chunks(list(range(len(flat))), cfg.micro_batch):
+            losses.append(_micro_batch_loss(model, processor, [flat[k] for k in chunk], [old[k] for k in chunk],
+                                            None if ref is None else [ref[k] for k in chunk],
+                                            [flat_adv[k] for k in chunk], len(scored), cfg, hp, kls))
+            ratio_dev = max(ratio_dev, losses[-1][1])
+    model.eval()
     grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
     optimizer.step()
     t_upd = time.perf_counter() - t1
-    row = _log_row(trajs, items, scores, adv, sum(losses), kls, float(grad_norm), t_gen, t_upd)
+    row = _log_row(trajs, items, scores, adv, sum(part for part, _ in losses), kls, float(grad_norm), t_gen, t_upd)
     row["ratio_max_dev"] = ratio_dev
     return row
+
+
+def _micro_batch_loss(model, processor, trajs, old, ref, advantages, n_scored: int, cfg: GRPOConfig,
+                      hp: PaperHyperParams, kls: list) -> tuple[float, float]:
+    """Backpropagate one micro-batch's share of the clipped surrogate (+ KL) loss, a mean over all
+    `n_scored` trajectories of the step; returns (its loss, the largest |ratio - 1| in it)."""
+    new = sequence_logprobs(model, processor, trajs, hp.temperature, len(trajs))
+    terms, ratio_dev = [], 0.0
+    for k, lp in enumerate(new):
+        if lp.numel() == 0:
+            continue
+        ratio = torch.exp(lp - old[k])
+        ratio_dev = max(ratio_dev, float((ratio.detach() - 1).abs().max()))
+        a = advantages[k]
+        surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - hp.clip_epsilon, 1 + hp.clip_epsilon) * a)
+        per_token = -surrogate
+        if ref is not None:  # k3 estimator of KL(pi || pi_ref), as in GRPO
+            d = ref[k] - lp
+            kl = torch.exp(d) - d - 1
+            per_token = per_token + cfg.beta * kl
+            kls.append(float(kl.mean()))
+        terms.append(per_token.mean())
+    if not terms:
+        return 0.0, ratio_dev
+    part = torch.stack(terms).sum() / n_scored
+    part.backward()
+    return float(part.detach()), ratio_dev
 
 
 def _log_row(trajs, items, scores, adv, loss, kls, grad_norm, t_gen, t_upd) -> dict:
@@ -192,7 +223,8 @@ def run_grpo(profile: Profile, run_dir, variant: str, estimator: str, sft_base: 
         raise ValueError(f"unknown GRPO variant {variant!r}; choose one of {VARIANTS}")
     run_dir, t0 = Path(run_dir), time.perf_counter()
     name = name or run_name(variant, estimator)
-    model, processor = load_model_and_processor(sft_base, device=profile.device, **profile.model.pixel_bounds)
+    model, processor = load_model_and_processor(sft_base, device=profile.device, **profile.model.pixel_bounds,
+                                                gradient_checkpointing=profile.model.gradient_checkpointing)
     model = PeftModel.from_pretrained(model, sft_adapter, is_trainable=True)
     cfg = dataclasses.replace(profile.grpo, estimator=estimator, steps=profile.grpo.steps if steps is None else steps)
     items = load_items(run_dir / "data", "train")

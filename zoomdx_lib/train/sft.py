@@ -172,7 +172,8 @@ def run_sft(profile: Profile, run_dir, mode: str = "zoom", resume: bool = True, 
         if not (base / "config.json").exists():
             build_tiny_checkpoint(base, profile.model.min_pixels, profile.model.max_pixels, profile.seed,
                                   **profile.model.tiny)
-    model, processor = load_model_and_processor(base, device=profile.device, **profile.model.pixel_bounds)
+    model, processor = load_model_and_processor(base, device=profile.device, **profile.model.pixel_bounds,
+                                                gradient_checkpointing=profile.model.gradient_checkpointing)
     examples = load_dialogue_examples(run_dir / "data", "train", processor, mode, progress=progress)
     full_steps = cfg.full_steps
     if mode == "single" and cfg.single_turn_steps is not None:
