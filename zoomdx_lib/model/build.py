@@ -45,6 +45,31 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
+# Qwen2.5-VL-7B-Instruct's own chat template (default system prompt, vision placeholders, add_vision_id).
+QWEN25_VL_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Qwen2.5-VL's special tokens, in its vocabulary's order; <tool_call> and </tool_call> are added
+# (non-special) tokens there, while <think> and <answer> are plain text split by the BPE.
+QWEN25_VL_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>",
+]
+SHAPES = ("tiny", "paper")
+
+
 def _default_corpus() -> list[str]:
     """Every dialogue phrasing, every answer and a spread of tool calls (digits of every position)."""
     texts = list(corpus_texts())
@@ -54,10 +79,14 @@ def _default_corpus() -> list[str]:
     return texts
 
 
-def build_tokenizer(corpus: Optional[Iterable[str]] = None, vocab_size: int = 640):
+def build_tokenizer(corpus: Optional[Iterable[str]] = None, vocab_size: int = 640, shape: str = "tiny"):
     """Train a byte-level BPE on `corpus` (default: the workbook's dialogue text) with Qwen2's
-    pre-tokenizer (digits split one by one) and return a `Qwen2Tokenizer` with Qwen's special
-    tokens plus the tool/think/answer tags as single tokens."""
+    pre-tokenizer (digits split one by one) and return a `Qwen2Tokenizer`.
+
+    shape "tiny": Qwen's vision special tokens, the tool/think/answer tags as single tokens and a
+    compact chat template without a system prompt. shape "paper": Qwen2.5-VL's special tokens,
+    only <tool_call> / </tool_call> added (as in its vocabulary) and its own chat template.
+    """
     texts = list(corpus) if corpus is not None else _default_corpus()
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.Sequence([
@@ -71,9 +100,13 @@ def build_tokenizer(corpus: Optional[Iterable[str]] = None, vocab_size: int = 64
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
     tok = Qwen2Tokenizer(vocab=model_json["vocab"], merges=merges, unk_token="<|endoftext|>",
                          eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": [t for t in SPECIAL_TOKENS if t != "<|endoftext|>"]})
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
-    tok.chat_template = TINY_CHAT_TEMPLATE
+    if shape not in SHAPES:
+        raise ValueError(f"unknown model shape {shape!r}; choose one of {SHAPES}")
+    special = SPECIAL_TOKENS if shape == "tiny" else QWEN25_VL_SPECIAL_TOKENS
+    tags = TAG_TOKENS if shape == "tiny" else ["<tool_call>", "</tool_call>"]
+    tok.add_special_tokens({"additional_special_tokens": [t for t in special if t != "<|endoftext|>"]})
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in tags])
+    tok.chat_template = TINY_CHAT_TEMPLATE if shape == "tiny" else QWEN25_VL_CHAT_TEMPLATE
     return tok
 
 
@@ -107,18 +140,55 @@ def tiny_config(tokenizer, text_hidden=256, text_layers=4, text_heads=4, text_kv
                             pad_token_id=ids["<|endoftext|>"])
 
 
+def paper_shaped_config(tokenizer, text_hidden=128, text_layers=4, text_heads=4, text_kv_heads=2,
+                        text_intermediate=384, vision_hidden=64, vision_depth=4, vision_heads=2,
+                        vision_intermediate=128):
+    """Qwen2.5-VL-7B's topology scaled down, for testing the paper profile's code path on CPU.
+
+    As in the 7B: contiguous mRoPE sections in its 16 : 24 : 24 proportions (head_dim 32 -> [4, 6, 6]),
+    windowed vision attention (window 112 px) with every other block full-attention (the 7B: every
+    8th of 32), patch 14 / merge 2 / temporal patch 2, rope theta 1e6, untied embeddings, grouped
+    query attention.
+    """
+    head_dim = text_hidden // text_heads
+    half = head_dim // 2
+    t = half * 16 // 64
+    mrope = [t, (half - t) // 2, half - t - (half - t) // 2]
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
+    text = dict(vocab_size=len(tokenizer), hidden_size=text_hidden, intermediate_size=text_intermediate,
+                num_hidden_layers=text_layers, num_attention_heads=text_heads, num_key_value_heads=text_kv_heads,
+                max_position_embeddings=32768, max_window_layers=text_layers, hidden_act="silu",
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
+                bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_intermediate,
+                  num_heads=vision_heads, out_hidden_size=text_hidden, window_size=112,
+                  fullatt_block_indexes=list(range(1, vision_depth, 2)), patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False,
+                            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                            pad_token_id=ids["<|endoftext|>"])
+
+
 def build_tiny_checkpoint(path, min_pixels: int = 112 * 112, max_pixels: int = 224 * 224, seed: int = 0,
-                          corpus: Optional[Iterable[str]] = None, **sizes) -> Path:
-    """Build the offline tiny Qwen2.5-VL (random init), its tokenizer and processor, and save all
-    with `save_pretrained` (safetensors) into `path`. `sizes` go to `tiny_config`. Returns the path."""
+                          corpus: Optional[Iterable[str]] = None, shape: str = "tiny", **sizes) -> Path:
+    """Build an offline Qwen2.5-VL with random weights, its tokenizer and processor, and save all with
+    `save_pretrained` (safetensors) into `path`. Returns the path.
+
+    shape "tiny": the workbook's CPU model (:func:`tiny_config`, compact template). shape "paper": the
+    7B's topology scaled down with its chat template and special tokens (:func:`paper_shaped_config`).
+    `sizes` go to the config function.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(corpus)
+    tok = build_tokenizer(corpus, shape=shape)
     image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok,
-                                    video_processor=Qwen2VLVideoProcessor(), chat_template=TINY_CHAT_TEMPLATE)
+                                    video_processor=Qwen2VLVideoProcessor(), chat_template=tok.chat_template)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_config(tok, **sizes))
+    make_config = tiny_config if shape == "tiny" else paper_shaped_config
+    model = Qwen2_5_VLForConditionalGeneration(make_config(tok, **sizes))
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(path, safe_serialization=True)
