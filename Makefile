@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PUBLISH := $(if $(filter cpu,$(PROFILE)),--publish-figures figures,)
 
-.PHONY: install workbook test lab bench clean-runs
+.PHONY: install workbook test lab bench base clean-runs
 
 # Bootstraps .venv when missing; re-runs pip only when pyproject.toml changed (idempotent).
 $(VENV)/.installed: pyproject.toml
@@ -19,6 +19,10 @@ install: $(VENV)/.installed
 
 workbook: install
 	$(PY) -m zoomdx_lib.workbook.runner --profile $(PROFILE) --out $(RUN) $(PUBLISH) $(ARGS)
+
+# Pretrain the tiny base (resumable; ~75 min on 2 cores) and copy it into zoomdx_lib/base.
+base: install
+	$(PY) -m zoomdx_lib.workbook.base --out runs/base --ship $(ARGS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

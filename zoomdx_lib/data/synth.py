@@ -371,8 +371,9 @@ def _rf_window(g: dict, cx: float, cy: float, R: float):
 
 
 def generate_samples(organ: str, n: int, seed: int, size: int = 256, attributes=ATTRIBUTES,
-                     split: str = "") -> Iterator[tuple[Sample, Image.Image]]:
-    """Yield n (Sample, PIL grayscale image) pairs; sample i depends only on (organ, seed, size, i).
+                     split: str = "", start: int = 0) -> Iterator[tuple[Sample, Image.Image]]:
+    """Yield n (Sample, PIL grayscale image) pairs, samples start .. start+n-1; sample i depends only
+    on (organ, seed, size, i), so any window of a seed's stream can be drawn on its own.
 
     The asked attribute cycles through `attributes` and its class cycles through the labels, so
     both are balanced. c = 1 when the two raters agree and then y = their label; when they
@@ -383,7 +384,7 @@ def generate_samples(organ: str, n: int, seed: int, size: int = 256, attributes=
     attributes = tuple(attributes)
     for a in attributes:
         check_attribute(a)
-    for i in range(int(n)):
+    for i in range(int(start), int(start) + int(n)):
         ss = np.random.SeedSequence([int(seed), zlib.crc32(organ.encode()), i])
         case_seed, rater_seed = (int(s) for s in ss.generate_state(2))
         attr = attributes[i % len(attributes)]

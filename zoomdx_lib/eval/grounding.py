@@ -49,11 +49,12 @@ def fresh_cases(organ: str, n: int, seed: int, size: int) -> list[tuple]:
 
 
 def grounding_report(model, processor, items, crop_pixels: int, max_new_tokens=(64, 64), n_boot: int = 1000,
-                     seed: int = 0, policy=None, read_policy=None) -> dict:
+                     seed: int = 0, policy=None, read_policy=None, per_case: bool = False) -> dict:
     """Box and answer quality of a (model, processor) on (sample, image) pairs; see the module docstring.
 
     `policy` (default: greedy `model`) writes turn 1; `read_policy` (default: the true-box call, then
     greedy `model`) gives the oracle-crop answers. Both are rollout policies (:mod:`zoomdx_lib.rl.rollout`).
+    `per_case` adds ``cases``: per case its id, the model's box (None when the call was invalid), IoU and answer.
     """
     torch.manual_seed(seed)
     own = rollout(items, policy or HFPolicy(model, processor), processor, 1, False, max_new_tokens=max_new_tokens,
@@ -69,12 +70,16 @@ def grounding_report(model, processor, items, crop_pixels: int, max_new_tokens=(
     ci = M.bootstrap(lambda i: {"miou": float(ious.mean() if i is None else ious[i].mean()),
                                 "acc": float(hits.mean() if i is None else hits[i].mean())},
                      len(samples), n_boot, seed=seed)
-    return dict(n=len(samples), miou=ci["miou"][0], miou_ci=list(ci["miou"][1:]),
+    report = dict(n=len(samples), miou=ci["miou"][0], miou_ci=list(ci["miou"][1:]),
                 mean_box_miou=float(np.mean([iou(mean_box, s.box) for s in samples])),
                 acc=ci["acc"][0], acc_ci=list(ci["acc"][1:]),
                 majority_acc=float(np.mean([majority[s.attribute] == s.label for s in samples])),
                 tool_call_valid=float(np.mean([g[0].tool.ok for g in own])),
                 answer_valid=float(np.mean([g[0].label is not None for g in read])))
+    if per_case:
+        report["cases"] = [dict(id=s.id, box=g[0].box, iou=float(v), answer=r[0].label)
+                           for s, g, r, v in zip(samples, own, read, ious)]
+    return report
 
 
 def main(argv: Optional[list] = None) -> int:

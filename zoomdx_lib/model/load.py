@@ -7,6 +7,7 @@ folder, so every code path downstream is the real one. Weights load from safeten
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.util
 import json
 import os
@@ -88,13 +89,52 @@ def check_safetensors_only(path) -> None:
             "Convert with `model.save_pretrained(dir, safe_serialization=True)` in a trusted environment.")
 
 
+CHECKSUMS = "checksums.json"
+
+
+class ChecksumError(RuntimeError):
+    """A checkpoint file whose SHA-256 differs from the folder's checksums.json."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(path) -> dict:
+    """Write `path/checksums.json`: the SHA-256 of every other file in the folder. Returns the mapping."""
+    path = Path(path)
+    sums = {p.name: _sha256(p) for p in sorted(path.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    (path / CHECKSUMS).write_text(json.dumps(sums, indent=1) + "\n")
+    return sums
+
+
+def verify_checksums(path) -> bool:
+    """Check every file `path/checksums.json` lists; False when the folder has none, ChecksumError on a mismatch."""
+    path = Path(path)
+    listing = path / CHECKSUMS
+    if not listing.exists():
+        return False
+    for name, want in json.loads(listing.read_text()).items():
+        if not (path / name).exists():
+            raise ChecksumError(f"{path}: {name} is listed in {CHECKSUMS} but missing")
+        got = _sha256(path / name)
+        if got != want:
+            raise ChecksumError(f"{path}: {name} has SHA-256 {got}, {CHECKSUMS} says {want} "
+                                "(a changed or truncated file; restore it, e.g. with `git checkout`)")
+    return True
+
+
 def load_model_and_processor(path, dtype=None, device: str = "cpu", trust_remote_code: bool = False,
                              attn_implementation: Optional[str] = None, gradient_checkpointing: bool = False,
                              **processor_kwargs):
     """Load a local Qwen2.5-VL checkpoint folder (the tiny one, Qwen2.5-VL-7B, Lingshu, MedVLM-R1: same class).
 
     `path` must be a complete local folder (:func:`check_checkpoint_folder` says what is missing);
-    safetensors only; `trust_remote_code` stays off unless the caller sets it. `dtype` None means
+    safetensors only; a `checksums.json` in the folder is verified; `trust_remote_code` stays off unless the caller sets it. `dtype` None means
     bf16 on CUDA and fp32 on CPU; `attn_implementation` None means :func:`default_attention`. On
     CUDA the weights load straight onto the device. `gradient_checkpointing` trades compute for
     activation memory in training. `processor_kwargs` (e.g. min_pixels/max_pixels) go to
@@ -102,6 +142,7 @@ def load_model_and_processor(path, dtype=None, device: str = "cpu", trust_remote
     """
     check_safetensors_only(path)
     path = check_checkpoint_folder(path)
+    verify_checksums(path)
     on_gpu = str(device).startswith("cuda")
     kwargs = dict(dtype=dtype or (torch.bfloat16 if on_gpu else torch.float32), use_safetensors=True,
                   trust_remote_code=trust_remote_code)

@@ -255,6 +255,54 @@ def grpo_curves(logs: dict, smooth: Optional[int] = None, save_path=None) -> Fig
     return _finish(fig, save_path)
 
 
+def pretrain_curves(history: Sequence[dict], evals: Sequence[dict], smooth: Optional[int] = None,
+                    save_path=None) -> Figure:
+    """Pretraining: each loss vs step (trailing mean over `smooth` steps, default 5 % of the run) and the
+    held-out box mIoU and answer accuracy per organ, with the mean-box and majority levels dashed."""
+    fig, axes = _figure(1, 3, (15, 3.8))
+    steps = np.array([r["step"] for r in history], float)
+    w = smooth or max(1, len(history) // 20)
+    for n, key in enumerate(k for k in ("text", "mask", "pos", "attn") if history and k in history[0]):
+        axes[0, 0].plot(steps, rolling_mean(_series(history, key), w), color=f"C{n}", lw=1.2, label=key)
+    axes[0, 0].set_yscale("log")
+    axes[0, 0].set_title("training losses", fontsize=9)
+    organs = [k for k in (evals[0] if evals else {}) if isinstance(evals[0][k], dict)]
+    at = [r["step"] for r in evals]
+    for n, organ in enumerate(organs):
+        for ax, key, base in ((axes[0, 1], "miou", "mean_box_miou"), (axes[0, 2], "acc", "majority_acc")):
+            lo = [r[organ][f"{key}_ci"][0] for r in evals]
+            hi = [r[organ][f"{key}_ci"][1] for r in evals]
+            ax.plot(at, [r[organ][key] for r in evals], "o-", color=f"C{n}", lw=1.2, label=organ)
+            ax.fill_between(at, lo, hi, color=f"C{n}", alpha=0.15)
+            ax.plot(at, [r[organ][base] for r in evals], "--", color=f"C{n}", lw=1.0)
+    axes[0, 1].set_title("held-out box mIoU (dashed: mean box)", fontsize=9)
+    axes[0, 2].set_title("held-out accuracy from the true crop (dashed: majority)", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xlabel("step", fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return _finish(fig, save_path)
+
+
+def grounding_panels(items, cases: Sequence[dict], n: int = 8, save_path=None) -> Figure:
+    """The first `n` (sample, image) pairs with the true box (green, dashed) and the model's box (red);
+    `cases` are the per-case rows of :func:`zoomdx_lib.eval.grounding.grounding_report`."""
+    k = min(n, len(items))
+    per_row = max(1, min(4, k))
+    nrows = max(1, math.ceil(k / per_row))
+    fig, axes = _figure(nrows, per_row, (3.0 * per_row, 3.3 * nrows))
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, ((sample, image), case) in enumerate(zip(items[:k], cases)):
+        ax = axes[i // per_row, i % per_row]
+        ax.axis("on")
+        draw_boxes(ax, image, [(case["box"], PRED_COLOR, "model"),
+                               (sample.box, TRUE_COLOR, "true", dict(ls="--", where="bottom"))])
+        ax.set_title(f"{sample.organ}  IoU {case['iou']:.2f}\n{sample.attribute}: {case['answer']} "
+                     f"(true {sample.label})", fontsize=7)
+    return _finish(fig, save_path)
+
+
 def _group_size(arrays: dict) -> int:
     sizes = [len(a) for a in arrays.get("answers", [])]
     return max(sizes) if sizes else 8

@@ -1,0 +1,284 @@
+"""Pretraining the offline tiny Qwen2.5-VL to find lesions and read them (the shipped base).
+
+Text loss alone never makes the tiny model look: its box stays near the mean box (see the README's
+"base" section). This stage trains every weight from scratch on a stream of freshly generated
+liver and breast cases (never a test split's seed, never thyroid, never real data), each a complete
+Zoom-then-Diagnose dialogue with the TRUE box:
+
+    image + question -> "<think>Focus on the lesion.</think> <tool_call>{bbox_2d}</tool_call>"
+    crop of that box (the zoom tool's own crop) -> '<answer>{"echo": "Hypoechoic"}</answer>'
+
+with cross-entropy on both assistant turns, plus auxiliary losses that make the vision tower and the
+language model ground the box (each switchable, for the ablation):
+
+- ``mask``: a linear head on every merged full-view token predicts the fraction of that token's
+  28 x 28 patch inside the lesion box (binary cross-entropy): the tower learns WHERE the lesion is;
+- ``pos``: a linear head regresses each token's own (row, column): rotary positions steer attention
+  but never enter the values read back, so without it no token can say where it is;
+- ``attn``: one head per language-model layer is pulled onto the in-box image tokens at every query
+  that predicts a box digit (negative log of its in-box attention mass).
+
+The heads live beside the model during training (saved in the checkpoints as
+``aux_heads.safetensors``) and are dropped at export, so the result is a stock
+`Qwen2_5_VLForConditionalGeneration` folder that every later stage loads like any checkpoint.
+Case i of the stream is a pure function of (seed, organ, i), and the loop
+(:mod:`zoomdx_lib.train.loop`) draws the indices, so a run is deterministic per seed and resumes
+exactly after a kill.
+"""
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from .. import protocol as P
+from ..data.dialogue import question_for
+from ..data.synth import generate_samples
+from ..geometry import model_input_size, processor_pixel_bounds
+from ..io import append_jsonl, atomic_write_json, read_jsonl
+from ..model import chat
+from ..model.build import build_tiny_checkpoint
+from ..model.load import load_model_and_processor
+from ..rl.rollout import oracle_turn1
+from ..rl.zoom import zoom
+from .loop import LoopConfig, run_loop
+from .sft import SFTExample, cosine_schedule, encode_conversation
+
+AUX_LOSSES = ("mask", "pos", "attn")
+HEADS_FILE = "aux_heads.safetensors"
+STREAM_SIZE = 2 ** 31 - 1        # indices of the case stream the loop draws from
+TOKEN = 28                       # model-input pixels per merged visual token (patch 14 x merge 2)
+
+
+@dataclass
+class PretrainConfig:
+    """One pretraining run. `aux_weights` weighs each auxiliary loss against the text loss."""
+
+    steps: int = 2400
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 50
+    organs: tuple[str, ...] = ("liver", "breast")
+    image_size: int = 256
+    crop_pixels: int = 112 * 112
+    min_pixels: int = 112 * 112
+    max_pixels: int = 224 * 224
+    aux: tuple[str, ...] = AUX_LOSSES
+    aux_weights: dict = field(default_factory=lambda: dict(mask=1.0, pos=1.0, attn=0.5))
+    attn_head: int = 0                 # the head of each layer the attention loss guides
+    seed: int = 0                      # model init, stream and sampler
+    checkpoint_every: int = 100
+    tiny: dict = field(default_factory=lambda: dict(
+        text_hidden=256, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=768,
+        vision_hidden=128, vision_depth=4, vision_heads=4, vision_intermediate=384))
+
+    def __post_init__(self):
+        unknown = set(self.aux) - set(AUX_LOSSES)
+        if unknown:
+            raise ValueError(f"unknown auxiliary loss(es) {sorted(unknown)}; choose from {AUX_LOSSES}")
+
+
+def stream_seed(seed: int, organ: str) -> int:
+    """The generator seed of the pretraining stream of `organ`; a string no data split uses
+    (splits hash ``zoomdx|seed|split|organ``, see :func:`zoomdx_lib.data.store.split_seed`)."""
+    return zlib.crc32(f"zoomdx-pretrain|{seed}|{organ}".encode()) & 0x7FFFFFFF
+
+
+def stream_case(cfg: PretrainConfig, index: int):
+    """Case `index` of the pretraining stream: (sample with its question, RGB image); organs alternate."""
+    organ = cfg.organs[index % len(cfg.organs)]
+    sample, image = next(generate_samples(organ, 1, seed=stream_seed(cfg.seed, organ), size=cfg.image_size,
+                                          split="pretrain", start=index // len(cfg.organs)))
+    sample.question = question_for(sample.attribute, f"pretrain:{cfg.seed}:{index}")
+    return sample, image.convert("RGB")
+
+
+@dataclass
+class PretrainExample:
+    """One encoded dialogue with the dense targets of its full-view tokens (raster order)."""
+
+    example: SFTExample
+    inside: torch.Tensor     # [tokens] fraction of each merged token's patch inside the true box
+    position: torch.Tensor   # [tokens, 2] (row, column) of each token, scaled to [0, 1]
+
+
+def dense_targets(box_model: Sequence[float], grid_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """In-box fraction and scaled (row, column) of every merged token of a `grid_hw` token grid.
+
+    >>> inside, pos = dense_targets((28, 0, 56, 28), (2, 3))
+    >>> inside.tolist()
+    [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    >>> pos[4].tolist()
+    [1.0, 0.5]
+    """
+    rows, cols = grid_hw
+    x1, y1, x2, y2 = box_model
+    edges_x, edges_y = np.arange(cols) * TOKEN, np.arange(rows) * TOKEN
+    fx = np.clip(np.minimum(edges_x + TOKEN, x2) - np.maximum(edges_x, x1), 0, TOKEN) / TOKEN
+    fy = np.clip(np.minimum(edges_y + TOKEN, y2) - np.maximum(edges_y, y1), 0, TOKEN) / TOKEN
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    pos = np.stack([r.reshape(-1) / max(1, rows - 1), c.reshape(-1) / max(1, cols - 1)], 1)
+    return (torch.tensor(np.outer(fy, fx).reshape(-1), dtype=torch.float32),
+            torch.tensor(pos, dtype=torch.float32))
+
+
+def encode_case(sample, image, processor, crop_pixels: int) -> PretrainExample:
+    """The true-box dialogue of one case, encoded, with the crop the zoom tool itself cuts."""
+    lo, hi = processor_pixel_bounds(processor)
+    msize = model_input_size(image.width, image.height, lo, hi)
+    turn1 = oracle_turn1(sample, image, processor)
+    call, crop = zoom(turn1, image, msize, crop_pixels, min_pixels=lo, max_pixels=hi)
+    if not call.ok:   # the true box is always a valid call; anything else is a bug worth stopping for
+        raise ValueError(f"case {sample.id}: the true box {sample.box} gave an invalid tool call ({call.error})")
+    turn2 = P.format_answer(sample.attribute, sample.label)
+    text = chat.dialogue_text(processor, sample.question, turn1, turn2)
+    ex = encode_conversation(processor, text, [image, crop], sample.id)
+    grid = ex.images[0][1]
+    inside, position = dense_targets(call.box_model, (int(grid[1]) // 2, int(grid[2]) // 2))
+    return PretrainExample(ex, inside, position)
+
+
+class PretrainModel(nn.Module):
+    """The VLM with its auxiliary heads; `save_pretrained` / `from_pretrained` keep both for resuming."""
+
+    def __init__(self, vlm):
+        super().__init__()
+        self.vlm = vlm
+        width = vlm.config.vision_config.out_hidden_size
+        self.heads = nn.ModuleDict(dict(mask=nn.Linear(width, 1), pos=nn.Linear(width, 2)))
+        self._visual = {}
+        vlm.model.visual.register_forward_hook(lambda m, i, out: self._visual.__setitem__("tokens", out.pooler_output))
+
+    def visual_tokens(self) -> torch.Tensor:
+        """The merged visual tokens of the last forward pass, every image in order, raster order within each."""
+        return self._visual["tokens"]
+
+    def save_pretrained(self, path, **kwargs) -> None:
+        self.vlm.save_pretrained(path, **kwargs)
+        save_file({k: v.detach().contiguous() for k, v in self.heads.state_dict().items()}, str(Path(path) / HEADS_FILE))
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=None, **kwargs):
+        vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation="eager",
+                                                                 use_safetensors=True)
+        model = cls(vlm)
+        model.heads.load_state_dict(load_file(str(Path(path) / HEADS_FILE)))
+        return model
+
+
+def pretrain_losses(model: PretrainModel, batch: Sequence[PretrainExample], processor, cfg: PretrainConfig
+                    ) -> tuple[torch.Tensor, dict]:
+    """(weighted total, {loss name: value}) of one batch; 'text' is the assistant-token cross-entropy."""
+    exs = [b.example for b in batch]
+    inputs = chat.model_inputs([e.ids for e in exs], [e.images for e in exs], processor, side="right")
+    ids = inputs["input_ids"]
+    mask = torch.zeros(ids.shape)
+    for i, e in enumerate(exs):
+        mask[i, :len(e.mask)] = torch.tensor(e.mask, dtype=torch.float)
+    out = model.vlm(**inputs, output_attentions="attn" in cfg.aux)
+    logits = out.logits[:, :-1].float()
+    m = mask[:, 1:]
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    losses = {"text": (nll.view_as(m) * m).sum() / m.sum().clamp(min=1)}
+
+    # full-view tokens of each example: the first image of its row in the concatenated visual tokens
+    tokens, start, full = model.visual_tokens(), 0, []
+    for e in exs:
+        counts = [int(g.prod()) // 4 for _, g in e.images]
+        full.append(tokens[start:start + counts[0]])
+        start += sum(counts)
+    full = torch.cat(full)
+    inside = torch.cat([b.inside for b in batch])
+    if "mask" in cfg.aux:
+        losses["mask"] = F.binary_cross_entropy_with_logits(model.heads["mask"](full).squeeze(-1), inside)
+    if "pos" in cfg.aux:
+        losses["pos"] = F.mse_loss(torch.sigmoid(model.heads["pos"](full)), torch.cat([b.position for b in batch]))
+    if "attn" in cfg.aux:
+        digits = torch.tensor([processor.tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)])
+        query = torch.zeros_like(ids, dtype=torch.bool)   # positions whose next token is a box digit
+        query[:, :-1] = torch.isin(ids[:, 1:], digits) & (m > 0)
+        in_box = torch.zeros(ids.shape)
+        for i, b in enumerate(batch):
+            img = (ids[i] == processor.image_token_id).nonzero().squeeze(-1)[:len(b.inside)]
+            in_box[i, img] = (b.inside > 0.25).float()
+        per_layer = [-(torch.log((att[:, cfg.attn_head] * in_box[:, None, :]).sum(-1) + 1e-6))[query].mean()
+                     for att in out.attentions]
+        losses["attn"] = torch.stack(per_layer).mean()
+    total = losses["text"] + sum(cfg.aux_weights.get(k, 1.0) * v for k, v in losses.items() if k != "text")
+    return total, {k: float(v.detach()) for k, v in losses.items()}
+
+
+def init_checkpoint(cfg: PretrainConfig, out_dir) -> Path:
+    """The random-weight tiny model the run starts from (built once into `out_dir/init`)."""
+    path = Path(out_dir) / "init"
+    if not (path / "config.json").exists():
+        build_tiny_checkpoint(path, cfg.min_pixels, cfg.max_pixels, cfg.seed, **cfg.tiny)
+    return path
+
+
+def pretrain(cfg: PretrainConfig, out_dir, resume: bool = True, progress: bool = True,
+             evaluate: Optional[Callable] = None, eval_every: int = 200) -> dict:
+    """Run (or resume) one pretraining run in `out_dir`; export the stock model to `out_dir/model`.
+
+    `evaluate(model, processor) -> dict` (e.g. held-out grounding on fresh cases) runs every
+    `eval_every` steps and at the end with the model in eval mode and the torch RNG untouched; its
+    rows go to `out_dir/eval.jsonl`. Returns {model, history, evals}.
+    """
+    out_dir = Path(out_dir)
+    vlm, processor = load_model_and_processor(init_checkpoint(cfg, out_dir), attn_implementation="eager",
+                                              min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    model = PretrainModel(vlm)
+    atomic_write_json(out_dir / "pretrain_config.json", asdict(cfg))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = cosine_schedule(opt, cfg.steps, cfg.warmup)
+    eval_path = out_dir / "eval.jsonl"
+
+    def step(indices: list[int]) -> dict:
+        t0 = time.perf_counter()
+        batch = [encode_case(*stream_case(cfg, i), processor, cfg.crop_pixels) for i in indices]
+        loss, parts = pretrain_losses(model, batch, processor, cfg)
+        opt.zero_grad()
+        loss.backward()
+        grad = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        return dict(loss=float(loss.detach()), **parts, grad_norm=float(grad), lr=sched.get_last_lr()[0],
+                    seconds=round(time.perf_counter() - t0, 3))
+
+    def run_eval(row: dict) -> None:
+        if evaluate is None or (row["step"] % eval_every and row["step"] != cfg.steps):
+            return
+        model.eval()
+        with torch.no_grad(), torch.random.fork_rng():
+            result = evaluate(vlm, processor)
+        model.train()
+        append_jsonl(eval_path, {"step": row["step"], **result})
+
+    loop = LoopConfig(cfg.steps, cfg.batch_size, cfg.checkpoint_every, sampler_seed=cfg.seed,
+                      torch_seed=cfg.seed, desc="pretrain")
+    model.train()
+    history = run_loop(model, opt, step, STREAM_SIZE, loop, out_dir, sched, resume=resume, show_progress=progress,
+                       postfix=lambda r: dict(loss=f"{r['loss']:.3f}", text=f"{r['text']:.3f}"),
+                       callbacks=[run_eval])
+    model.eval()
+    export = out_dir / "model"
+    vlm.save_pretrained(export, safe_serialization=True)
+    processor.save_pretrained(export)
+    return dict(model=str(export), history=history, evals=read_evals(out_dir))
+
+
+def read_evals(out_dir) -> list[dict]:
+    """The held-out rows of a run, one per step (a resumed run's rerun of a step replaces the old row)."""
+    path = Path(out_dir) / "eval.jsonl"
+    rows = {r["step"]: r for r in read_jsonl(path)} if path.exists() else {}
+    return [rows[k] for k in sorted(rows)]
+
