@@ -116,6 +116,7 @@ class SFTConfig:
     lr_warmup_steps: int = 20          # linear learning-rate warm-up before the cosine decay
     single_turn_steps: Optional[int] = None  # None = same budget as the zoom model
     checkpoint_every: int = 100
+    engine: str = "trl"                # "trl": TRL's SFTTrainer; "explicit": the workbook's loop (same batches)
 
 
 @dataclass

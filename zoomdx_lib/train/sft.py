@@ -28,8 +28,10 @@ from ..model.build import build_tiny_checkpoint
 from ..model.load import load_model_and_processor, lora_config
 from ..protocol import ANSWER_RE, image_paths, single_turn_messages
 from .loop import LoopConfig, run_loop
+from .sft_trainer import DialogueDataset, train_with_trl
 
 MODES = ("zoom", "single")
+ENGINES = ("trl", "explicit")   # TRL's SFTTrainer, or our loop (the reference; same batches)
 
 
 @dataclass
@@ -50,49 +52,59 @@ def encode_conversation(processor, text: str, images, sample_id: str = "") -> SF
                       images=list(zip(enc.pixel_values, enc.grid_thw)), sample_id=sample_id)
 
 
-def _dialogue_records(data_dir, split: str, single: bool, limit: Optional[int], progress: bool, desc: str):
-    """The first `limit` dialogue records of a split (all when None), under a progress bar if asked."""
-    records = load_dialogues(data_dir, split, single)[:limit]
-    return progress_bar(records, progress, desc=desc, leave=False)
+def dialogue_records(data_dir, split: str, mode: str = "zoom", limit: Optional[int] = None) -> list[dict]:
+    """The {"id", "messages"} records SFT trains on (image paths relative to `data_dir`).
 
-
-def load_dialogue_examples(data_dir, split: str, processor, mode: str = "zoom", limit: Optional[int] = None,
-                           progress: bool = False) -> list[SFTExample]:
-    """SFT examples from `data_dir/dialogues_{split}.jsonl`.
-
-    mode "zoom": the two-turn dialogue with the crop; mode "single": the no-zoom baseline from
+    mode "zoom": the two-turn dialogue with the crop; "single": the no-zoom baseline from
     `dialogues_single_{split}.jsonl` (the full image answered directly, same rationale style).
     """
     if mode not in MODES:
         raise ValueError(f"unknown SFT mode {mode!r}; use 'zoom' or 'single'")
-    data_dir = Path(data_dir)
-    out = []
-    for rec in _dialogue_records(data_dir, split, mode == "single", limit, progress, f"encode {split} ({mode})"):
-        msgs = rec["messages"]
-        images = [Image.open(data_dir / p) for p in image_paths(msgs)]
-        out.append(encode_conversation(processor, chat.render(processor, msgs), images, rec.get("id", "")))
-    return out
+    return load_dialogues(data_dir, split, mode == "single")[:limit]
 
 
-def load_warmup_examples(data_dir, split: str, processor, mode: str = "zoom", limit: Optional[int] = None,
-                         progress: bool = False) -> list[SFTExample]:
-    """Short "look and answer" examples for the tiny model's vision warm-up, from the same dialogues.
+def warmup_records(data_dir, split: str, mode: str = "zoom", limit: Optional[int] = None) -> list[dict]:
+    """Short "look and answer" records for the tiny model's vision warm-up, from the same dialogues.
 
     One user turn with one image and the question, then only the answer tag: for mode "zoom" the
     image is the crop of the true box (what turn 2 sees), for "single" the full image. With ~50
     tokens instead of ~215 a step costs a fraction of a dialogue step, and every target token
     depends on the image, so the randomly initialised vision tower learns to see first.
     """
-    data_dir = Path(data_dir)
     out = []
-    for rec in _dialogue_records(data_dir, split, False, limit, progress, f"encode warm-up {split} ({mode})"):
+    for rec in load_dialogues(data_dir, split, False)[:limit]:
         user, _, crop_turn, turn2 = rec["messages"]
         question = next(p["text"] for p in user["content"] if p.get("type") == "text")
         image = image_paths([crop_turn if mode == "zoom" else user])[0]
         answer = ANSWER_RE.search(turn2["content"][0]["text"]).group(0)
-        text = chat.render(processor, single_turn_messages(question, answer))
-        out.append(encode_conversation(processor, text, [Image.open(data_dir / image)], rec.get("id", "")))
+        out.append({"id": rec.get("id", ""), "messages": single_turn_messages(question, answer, image)})
     return out
+
+
+def encode_records(records: Sequence[dict], data_dir, processor, progress: bool = False,
+                   desc: str = "encode") -> list[SFTExample]:
+    """Encode {"id", "messages"} records up front (the explicit engine; TRL's collator encodes per batch)."""
+    data_dir = Path(data_dir)
+    out = []
+    for rec in progress_bar(records, progress, desc=desc, leave=False):
+        msgs = rec["messages"]
+        images = [Image.open(data_dir / p) for p in image_paths(msgs)]
+        out.append(encode_conversation(processor, chat.render(processor, msgs), images, rec.get("id", "")))
+    return out
+
+
+def load_dialogue_examples(data_dir, split: str, processor, mode: str = "zoom", limit: Optional[int] = None,
+                           progress: bool = False) -> list[SFTExample]:
+    """Encoded SFT examples of :func:`dialogue_records`."""
+    return encode_records(dialogue_records(data_dir, split, mode, limit), data_dir, processor, progress,
+                          f"encode {split} ({mode})")
+
+
+def load_warmup_examples(data_dir, split: str, processor, mode: str = "zoom", limit: Optional[int] = None,
+                         progress: bool = False) -> list[SFTExample]:
+    """Encoded warm-up examples of :func:`warmup_records`."""
+    return encode_records(warmup_records(data_dir, split, mode, limit), data_dir, processor, progress,
+                          f"encode warm-up {split} ({mode})")
 
 
 def sft_loss(model, batch: Sequence[SFTExample], processor, device="cpu") -> torch.Tensor:
@@ -174,19 +186,34 @@ def run_sft(profile: Profile, run_dir, mode: str = "zoom", resume: bool = True, 
                                   **profile.model.tiny)
     model, processor = load_model_and_processor(base, device=profile.device, **profile.model.pixel_bounds,
                                                 gradient_checkpointing=profile.model.gradient_checkpointing)
-    examples = load_dialogue_examples(run_dir / "data", "train", processor, mode, progress=progress)
+    data_dir = run_dir / "data"
+    if cfg.engine not in ENGINES:
+        raise ValueError(f"unknown SFT engine {cfg.engine!r}; use one of {ENGINES}")
+    records = dialogue_records(data_dir, "train", mode)
+    if cfg.engine == "trl":
+        examples = DialogueDataset(records, data_dir)
+    else:
+        examples = encode_records(records, data_dir, processor, progress, f"encode train ({mode})")
     full_steps = cfg.full_steps
     if mode == "single" and cfg.single_turn_steps is not None:
         full_steps = cfg.single_turn_steps
 
     def stage(name: str, net, data, steps: int, lr: float, seed: int) -> list[dict]:
-        return train(net, processor, data, steps, cfg.batch_size, lr, run_dir / "checkpoints" / f"sft_{mode}_{name}",
-                     cfg.checkpoint_every, resume, seed, warmup=cfg.lr_warmup_steps, progress=progress,
-                     callbacks=callbacks, device=profile.device)
+        out_dir = run_dir / "checkpoints" / f"sft_{mode}_{name}"
+        if cfg.engine == "explicit":
+            return train(net, processor, data, steps, cfg.batch_size, lr, out_dir, cfg.checkpoint_every, resume,
+                         seed, warmup=cfg.lr_warmup_steps, progress=progress, callbacks=callbacks,
+                         device=profile.device)
+        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+        return train_with_trl(net, processor, data, steps, cfg.batch_size, opt,
+                              cosine_schedule(opt, steps, cfg.lr_warmup_steps), out_dir, cfg.checkpoint_every,
+                              resume, seed, profile.device, progress, callbacks)
 
     hist_full, hist_warmup = [], []
     if full_steps > 0 and cfg.warmup_steps > 0:
-        warmup = load_warmup_examples(run_dir / "data", "train", processor, mode, progress=progress)
+        warm = warmup_records(data_dir, "train", mode)
+        warmup = (DialogueDataset(warm, data_dir) if cfg.engine == "trl"
+                  else encode_records(warm, data_dir, processor, progress, f"encode warm-up ({mode})"))
         torch.manual_seed(profile.seed)
         hist_warmup = stage("warmup", model, warmup, cfg.warmup_steps, cfg.lr_full, profile.seed + 2)
     if full_steps > 0:

@@ -1,0 +1,118 @@
+"""Pretraining stage: dense targets against a pixel reference, the case stream, export, resume, checksums,
+and the shipped base itself (hash checked, better than the mean box on fresh cases)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zoomdx_lib.config import _SMOKE_TINY
+from zoomdx_lib.data.store import split_seed
+from zoomdx_lib.geometry import model_box, model_input_size
+from zoomdx_lib.eval.grounding import SHIPPED_BASE, fresh_cases, grounding_report
+from zoomdx_lib.model.load import ChecksumError, load_model_and_processor, verify_checksums, write_checksums
+from zoomdx_lib.train.pretrain import (HEADS_FILE, PretrainConfig, dense_targets, encode_case, pretrain,
+                                       stream_case, stream_seed)
+
+
+@pytest.mark.parametrize("box", [(0, 0, 224, 224), (10.5, 30, 61, 95.2), (100, 100, 101, 140), (200, 3, 224, 27)])
+def test_dense_targets_match_a_pixel_raster(box):
+    inside, pos = dense_targets(box, (8, 8))
+    yy, xx = np.mgrid[0:224 * 4, 0:224 * 4] / 4.0 + 0.125       # 4x supersampled pixel centres
+    raster = (xx >= box[0]) & (xx < box[2]) & (yy >= box[1]) & (yy < box[3])
+    ref = raster.reshape(8, 112, 8, 112).mean(axis=(1, 3)).reshape(-1)
+    np.testing.assert_allclose(inside.numpy(), ref, atol=0.01)
+    assert pos[0].tolist() == [0.0, 0.0] and pos[-1].tolist() == [1.0, 1.0] and pos[1].tolist() == pytest.approx([0.0, 1 / 7])
+
+
+def test_stream_is_deterministic_alternates_organs_and_uses_no_split_seed():
+    cfg = PretrainConfig()
+    a, b = stream_case(cfg, 12345), stream_case(cfg, 12345)
+    assert a[0].box == b[0].box and np.array_equal(np.asarray(a[1]), np.asarray(b[1]))
+    assert a[0].question == b[0].question and a[0].question
+    assert [stream_case(cfg, i)[0].organ for i in range(4)] == ["liver", "breast", "liver", "breast"]
+    assert stream_case(cfg, 0)[0].box != stream_case(cfg, 2)[0].box
+    split_seeds = {split_seed(s, sp, o) for s in range(10) for sp in ("train", "test", "test_cross")
+                   for o in ("liver", "breast", "thyroid")}
+    assert not {stream_seed(s, o) for s in range(10) for o in cfg.organs} & split_seeds
+    with pytest.raises(ValueError, match="unknown auxiliary"):
+        PretrainConfig(aux=("mask", "boxes"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("pretrain")
+    cfg = PretrainConfig(steps=4, batch_size=2, checkpoint_every=2, tiny=_SMOKE_TINY)
+    result = pretrain(cfg, out / "straight", progress=False, evaluate=lambda m, p: {"calls": 1}, eval_every=2)
+    return cfg, out, result
+
+
+def test_encoded_case_supervises_both_turns_and_the_full_view_tokens(tiny_run, tmp_path):
+    cfg, out, _ = tiny_run
+    _, processor = load_model_and_processor(out / "straight" / "model", min_pixels=cfg.min_pixels,
+                                            max_pixels=cfg.max_pixels)
+    sample, image = stream_case(cfg, 7)
+    ex = encode_case(sample, image, processor, cfg.crop_pixels)
+    text = processor.tokenizer.decode([t for t, m in zip(ex.example.ids, ex.example.mask) if m])
+    assert "<tool_call>" in text and "<answer>" in text and sample.label in text
+    grid = ex.example.images[0][1]
+    assert len(ex.inside) == int(grid.prod()) // 4 and len(ex.example.images) == 2
+    msize = model_input_size(image.width, image.height, cfg.min_pixels, cfg.max_pixels)
+    x1, y1, x2, y2 = model_box(sample.box, image.size, msize)
+    assert float(ex.inside.sum()) * 28 * 28 == pytest.approx((x2 - x1) * (y2 - y1), rel=1e-4)
+
+
+def test_export_is_a_stock_model_and_checkpoints_keep_the_heads(tiny_run):
+    cfg, out, result = tiny_run
+    exported = load_file(str(out / "straight" / "model" / "model.safetensors"))
+    assert not any("heads" in k for k in exported)
+    ckpt = out / "straight" / json.loads((out / "straight" / "latest.json").read_text())["path"]
+    assert set(load_file(str(ckpt / HEADS_FILE))) == {"mask.weight", "mask.bias", "pos.weight", "pos.bias"}
+    model, _ = load_model_and_processor(out / "straight" / "model")
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert [r["step"] for r in result["evals"]] == [2, 4]
+    assert {"text", "mask", "pos", "attn"} <= set(result["history"][0])
+
+
+def test_killed_run_resumes_to_the_same_weights_and_log(tiny_run):
+    cfg, out, result = tiny_run
+
+    def killed(model, processor):   # dies at step 3, after the checkpoint at step 2
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg, out / "resumed", progress=False, evaluate=killed, eval_every=3)
+    assert json.loads((out / "resumed" / "latest.json").read_text())["step"] == 2
+    again = pretrain(cfg, out / "resumed", progress=False)
+    losses = lambda rows: [round(r["loss"], 6) for r in rows]  # noqa: E731
+    assert [r["step"] for r in again["history"]] == [1, 2, 3, 4]
+    assert losses(again["history"]) == losses(result["history"])
+    a = load_file(str(out / "straight" / "model" / "model.safetensors"))
+    b = load_file(str(out / "resumed" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checksums_catch_a_changed_file(tmp_path):
+    (tmp_path / "a.bin").write_bytes(b"weights")
+    (tmp_path / "b.json").write_text("{}")
+    assert verify_checksums(tmp_path) is False          # no listing: nothing to check
+    sums = write_checksums(tmp_path)
+    assert set(sums) == {"a.bin", "b.json"} and verify_checksums(tmp_path)
+    (tmp_path / "a.bin").write_bytes(b"weightz")
+    with pytest.raises(ChecksumError, match="a.bin"):
+        verify_checksums(tmp_path)
+
+
+def test_shipped_base_is_hash_checked_and_beats_the_mean_box_on_fresh_cases():
+    assert verify_checksums(SHIPPED_BASE), "the shipped base lacks checksums.json"
+    card = json.loads((SHIPPED_BASE / "card.json").read_text())
+    cfg = card["config"]
+    model, processor = load_model_and_processor(SHIPPED_BASE, min_pixels=cfg["min_pixels"],
+                                                max_pixels=cfg["max_pixels"])
+    for organ in ("liver", "breast"):
+        items = fresh_cases(organ, 16, 424242, cfg["image_size"])
+        r = grounding_report(model, processor, items, cfg["crop_pixels"], (48, 24), n_boot=200)
+        assert r["tool_call_valid"] >= 0.9, r
+        assert r["miou"] > r["mean_box_miou"], (organ, r)

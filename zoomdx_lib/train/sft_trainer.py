@@ -1,0 +1,186 @@
+"""SFT through TRL's `SFTTrainer`: chat messages + images in, loss on the assistant turns only.
+
+The dataset holds each dialogue's messages and image paths; images are opened when a row is read
+and encoded by TRL's vision collator batch by batch (nothing is encoded up front). The collator's
+tensors are exactly those of :func:`zoomdx_lib.train.sft.encode_conversation` + ``chat.model_inputs``
+(token ids, ``mm_token_type_ids``, pixel values, grids: ``tests/test_sft_trainer.py``), and its
+assistant mask comes from ``{% generation %}`` markers: the tiny model's template carries them
+(:data:`zoomdx_lib.model.build.TINY_TRAINING_CHAT_TEMPLATE`), Qwen2.5-VL's own template is swapped
+for TRL's training copy (which also trains the newline after each ``<|im_end|>``: one token per turn
+more than the explicit loop).
+
+Three pieces stay ours, each because the trainer cannot do it as the workbook needs:
+
+- checkpoints: ``Trainer._save_checkpoint`` writes ``optimizer.pt``/``rng_state.pth`` with
+  ``torch.save`` (pickles) and without an atomic rename; a callback writes the workbook's
+  safetensors-only, atomic checkpoints (:mod:`zoomdx_lib.train.checkpoints`) and ``log.jsonl``
+  instead (``save_strategy="no"``);
+- resume: ``trainer.train(resume_from_checkpoint=...)`` reads only its own pickled files, so the
+  weights, optimizer, scheduler and RNG come back from our checkpoint and the trainer runs the
+  remaining steps;
+- the sampler: the trainer's shuffling sampler is replaced by the draws of
+  :func:`zoomdx_lib.train.loop.run_loop` (with replacement, from one seeded generator), so both
+  engines see the same batches and a resumed run continues the same sequence.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import datasets
+import torch
+from PIL import Image
+from transformers import PrinterCallback, TrainerCallback
+from trl import SFTConfig as TRLSFTConfig
+from trl import SFTTrainer
+
+from ..io import append_jsonl, read_jsonl, write_jsonl
+from ..io import progress as progress_bar
+from ..model.build import TINY_CHAT_TEMPLATE, TINY_TRAINING_CHAT_TEMPLATE
+from ..protocol import image_paths
+from .checkpoints import latest_checkpoint, load_training_state, restore_weights, save_checkpoint
+from .loop import LOG_NAME
+
+
+class DialogueDataset(torch.utils.data.Dataset):
+    """{"messages", "images"} rows for TRL from dialogue records whose image parts name files under `root`."""
+
+    def __init__(self, records: Sequence[dict], root):
+        self.records, self.root = list(records), Path(root)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < len(self.records):
+            raise IndexError(i)
+        msgs = self.records[i]["messages"]
+        images = [Image.open(self.root / p).convert("RGB") for p in image_paths(msgs)]
+        stripped = [{**m, "content": [({"type": "image"} if part.get("type") == "image" else part)
+                                      for part in m["content"]]} if isinstance(m["content"], list) else m
+                    for m in msgs]
+        return {"messages": stripped, "images": images}
+
+    def as_trainer_dataset(self):
+        """A `datasets.Dataset` of row numbers whose transform reads the rows: SFTTrainer takes only that type,
+        and the transform keeps the reading lazy."""
+        def rows(batch):
+            got = [self[i] for i in batch["row"]]
+            return {"messages": [g["messages"] for g in got], "images": [g["images"] for g in got]}
+        return datasets.Dataset.from_dict({"row": list(range(len(self)))}).with_transform(rows)
+
+
+def loop_draws(n_items: int, batch_size: int, steps: int, seed: int) -> list[int]:
+    """Every index `run_loop` would draw in `steps` steps: ``torch.randint`` from one generator, step after step."""
+    gen = torch.Generator().manual_seed(seed)
+    return [i for _ in range(steps) for i in torch.randint(n_items, (batch_size,), generator=gen).tolist()]
+
+
+class _Draws(torch.utils.data.Sampler):
+    def __init__(self, indices: list[int]):
+        self.indices = indices
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class _LoopSFTTrainer(SFTTrainer):
+    """SFTTrainer whose training sampler yields fixed draws (see the module docstring)."""
+
+    def __init__(self, *args, draws: list[int], **kwargs):
+        self._draws = draws
+        super().__init__(*args, **kwargs)
+
+    def _get_train_sampler(self, train_dataset=None):
+        return _Draws(self._draws)
+
+
+class _CheckpointAndLog(TrainerCallback):
+    """Writes ``log.jsonl`` rows and the workbook's checkpoints; a resumed run gets the checkpoint's torch RNG back."""
+
+    def __init__(self, out_dir: Path, start: int, steps: int, every: int, rng_state, callbacks, bar):
+        self.out_dir, self.start, self.steps, self.every = out_dir, start, steps, every
+        self.rng_state, self.callbacks, self.bar = rng_state, callbacks, bar
+        self.t0 = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # The trainer seeds torch when train() starts and the data loader draws its base seed from torch when
+        # it starts iterating; a resumed run continues the checkpoint's RNG from its first step on instead.
+        if self.rng_state is not None:
+            torch.set_rng_state(self.rng_state)
+            self.rng_state = None
+        self.t0 = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        step = self.start + state.global_step
+        row = {"step": step, "loss": float(logs["loss"]), "lr": lr_scheduler.get_last_lr()[0],
+               "time_s": time.perf_counter() - self.t0}
+        append_jsonl(self.out_dir / LOG_NAME, row)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{row['loss']:.3f}")
+        for callback in self.callbacks:
+            callback(row)
+        if step % self.every == 0 or step == self.steps:
+            save_checkpoint(self.out_dir, step, model, optimizer, lr_scheduler, extra={"engine": "trl"})
+
+
+def training_chat_template(processor) -> Optional[str]:
+    """The template with ``{% generation %}`` markers for the tiny model; None leaves the choice to TRL."""
+    return TINY_TRAINING_CHAT_TEMPLATE if processor.chat_template == TINY_CHAT_TEMPLATE else None
+
+
+def train_with_trl(model, processor, dataset: DialogueDataset, steps: int, batch_size: int, optimizer, scheduler,
+                   out_dir, checkpoint_every: int = 100, resume: bool = True, seed: int = 0, device: str = "cpu",
+                   progress: bool = True, callbacks: Sequence[Callable] = ()) -> list[dict]:
+    """Train `model` on `dataset` for `steps` steps with TRL's SFTTrainer; same contract as ``sft.train``.
+
+    `optimizer` and `scheduler` are built by the caller over the trainable parameters (the trainer
+    uses them as given). Checkpoints and ``log.jsonl`` go to `out_dir`; with `resume` the run
+    continues from the latest checkpoint there. Returns every row of the log.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start, rng_state = 0, None
+    ckpt = latest_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        restore_weights(model, ckpt)
+        start = load_training_state(ckpt, optimizer, scheduler)["step"]
+        rng_state = torch.get_rng_state()
+    log_path = out_dir / LOG_NAME
+    rows = [r for r in read_jsonl(log_path) if r["step"] <= start] if (start and log_path.exists()) else []
+    write_jsonl(log_path, rows)
+    if start >= steps:
+        return rows
+    draws = loop_draws(len(dataset), batch_size, steps, seed)[start * batch_size:]
+    on_gpu = str(device).startswith("cuda")
+    args = TRLSFTConfig(
+        output_dir=str(out_dir / "trainer"), max_steps=steps - start, per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=1, max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[],
+        seed=seed, assistant_only_loss=True, max_length=None, bf16=on_gpu, use_cpu=not on_gpu,
+        dataloader_pin_memory=on_gpu, disable_tqdm=True, remove_unused_columns=False)
+    template = training_chat_template(processor)
+    original = processor.chat_template
+    bar = progress_bar(range(start, steps), progress, desc="SFT", initial=start, total=steps)
+    logger = _CheckpointAndLog(out_dir, start, steps, checkpoint_every, rng_state, callbacks, bar if progress else None)
+    try:
+        if template is not None:   # the same text, with markers that tell the collator which tokens to train
+            processor.chat_template = template
+        trainer = _LoopSFTTrainer(model=model, args=args, train_dataset=dataset.as_trainer_dataset(),
+                                  processing_class=processor,
+                                  optimizers=(optimizer, scheduler), callbacks=[logger], draws=draws)
+        trainer.remove_callback(PrinterCallback)   # rows go to log.jsonl and the progress bar instead
+        model.train()
+        trainer.train()
+    finally:
+        processor.chat_template = original
+        model.eval()
+        if progress:
+            bar.close()
+    return read_jsonl(log_path)
