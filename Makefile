@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PUBLISH := $(if $(filter cpu,$(PROFILE)),--publish-figures figures,)
 
-.PHONY: install workbook test lab bench base clean-runs
+.PHONY: install workbook test lab bench base gpu-smoke clean-runs
 
 # Bootstraps .venv when missing; re-runs pip only when pyproject.toml changed (idempotent).
 $(VENV)/.installed: pyproject.toml
@@ -35,3 +35,7 @@ bench: install
 
 clean-runs:
 	rm -rf runs/
+
+# On a CUDA machine: Qwen2.5-VL-7B's architecture with random weights, 2 SFT + 2 GRPO steps at the paper's sizes.
+gpu-smoke: install
+	$(PY) -m zoomdx_lib.workbook.gpu_smoke $(ARGS)

@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -24,13 +25,13 @@
 # 3. **turn 2** — a diagnostic rationale whose tone follows the sonographer confidence and
 #    `<answer>{"echo": "Hypoechoic"}</answer>`.
 #
-# Loss is on the assistant tokens of both turns, with both images in context. The paper trains LoRA (r=32,
-# language model + merger, vision tower frozen) on the pretrained Qwen2.5-VL-7B. The offline tiny model
-# starts from random weights, so it first gets a from-scratch stage that trains every weight, then the
-# paper's LoRA stage. The from-scratch stage can open with a short **vision warm-up** (profile field
-# `sft.warmup_steps`; 10 steps in smoke, off in cpu, where it did not raise accuracy): one image and the
-# question, answered with the answer tag only (the crop of the true box for the zoom model, the full image
-# for the single-turn one), cheap ~50-token steps before the ~215-token dialogues. A **single-turn** model
+# Loss is on the assistant tokens of both turns, with both images in context. As in the paper, the model is
+# trained with LoRA (r=32, language model + merger, vision tower frozen) on a pretrained base: the 7B in the
+# paper profile, the workbook's pretrained tiny base (notebook 00, `zoomdx_lib/base`) in the cpu and smoke
+# profiles. Training runs through TRL's `SFTTrainer` (profile field `sft.engine`; `"explicit"` runs the
+# workbook's own loop on the same batches, as a reference). With `model.path` set to None the tiny model is
+# instead built from random weights and first gets a from-scratch stage that trains every weight
+# (`sft.full_steps`, optionally opened by a short vision warm-up, `sft.warmup_steps`). A **single-turn** model
 # (diagnose without zooming) is trained on the same budget for the "no zoom" row.
 
 # %% tags=["parameters"]
@@ -55,7 +56,7 @@ run = setup("02_sft_zoom_then_diagnose", profile, run_dir, seed, **overrides)
 prof = run.profile
 
 # %% [markdown]
-# ## Train: from-scratch stage (tiny model only), then LoRA as in the paper
+# ## Train: LoRA as in the paper (after a from-scratch stage only when no base is given)
 
 # %%
 with run.phase("sft_zoom_train"):

@@ -22,7 +22,7 @@ import pytest
 from zoomdx_lib.train.checkpoints import latest_checkpoint
 from zoomdx_lib.workbook.runner import REPO_ROOT
 
-NOTEBOOKS = ["01_data_construction", "02_sft_zoom_then_diagnose", "03_grpo_uncertainty_alignment",
+NOTEBOOKS = ["00_pretrain_base", "01_data_construction", "02_sft_zoom_then_diagnose", "03_grpo_uncertainty_alignment",
              "04_calibration_analysis", "05_rollout_browser"]
 
 
@@ -69,7 +69,7 @@ def log_lines(path: Path) -> list[str]:
 def test_kill_during_sft_and_grpo_then_resume_matches_uninterrupted_run(smoke_run, tmp_path):
     reference, _ = smoke_run
     run = tmp_path / "killed"
-    sft_dir = run / "checkpoints" / "sft_zoom_full"
+    sft_dir = run / "checkpoints" / "sft_zoom_lora"
     grpo_dir = run / "checkpoints" / "grpo_accuracy_only"
 
     # 1. kill during SFT, right after its first checkpoint
@@ -79,7 +79,7 @@ def test_kill_during_sft_and_grpo_then_resume_matches_uninterrupted_run(smoke_ru
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["notebooks"]["01_data_construction"]["status"] == "done"
     assert manifest["notebooks"]["02_sft_zoom_then_diagnose"]["status"] == "running"  # it died mid-notebook
-    assert not (run / "models" / "sft_zoom_full").exists()
+    assert not (run / "models" / "sft_zoom_lora").exists()
     kept_sft = log_lines(sft_dir / "log.jsonl")[:k1]
     assert len(kept_sft) == k1
 
@@ -88,13 +88,14 @@ def test_kill_during_sft_and_grpo_then_resume_matches_uninterrupted_run(smoke_ru
     k2 = wait_for(lambda: checkpoint_step(grpo_dir), proc, tmp_path / "run2.log")
     kill_with_kernel(proc)
     log2 = (tmp_path / "run2.log").read_text()
+    assert "00_pretrain_base: done before with the same parameters, skipped" in log2
     assert "01_data_construction: done before with the same parameters, skipped" in log2
     assert "02_sft_zoom_then_diagnose: done in" in log2
     # SFT continued from step k1: the rows before it are the ones written before the kill (their
     # wall-clock column too), and the whole loss curve equals the uninterrupted run's
     sft_rows = log_lines(sft_dir / "log.jsonl")
     assert sft_rows[:k1] == kept_sft
-    ref_rows = log_lines(reference / "checkpoints" / "sft_zoom_full" / "log.jsonl")
+    ref_rows = log_lines(reference / "checkpoints" / "sft_zoom_lora" / "log.jsonl")
     assert [json.loads(r)["loss"] for r in sft_rows] == [json.loads(r)["loss"] for r in ref_rows]
     kept_grpo = log_lines(grpo_dir / "log.jsonl")[:k2]
     assert len(kept_grpo) == k2
@@ -103,7 +104,7 @@ def test_kill_during_sft_and_grpo_then_resume_matches_uninterrupted_run(smoke_ru
     proc = start_runner(run, tmp_path / "run3.log")
     assert proc.wait(timeout=1800) == 0, (tmp_path / "run3.log").read_text()[-3000:]
     log3 = (tmp_path / "run3.log").read_text()
-    for name in NOTEBOOKS[:2]:
+    for name in NOTEBOOKS[:3]:
         assert f"{name}: done before with the same parameters, skipped" in log3
     assert log_lines(grpo_dir / "log.jsonl")[:k2] == kept_grpo
     manifest = json.loads((run / "manifest.json").read_text())

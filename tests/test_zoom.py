@@ -337,3 +337,21 @@ def test_fuzz_box_cleanup_well_formed_json(box, model_size, original_size, min_s
         assert bx2 >= min(x2, W) - 1e-9 and by2 >= min(y2, H) - 1e-9
     else:
         assert tc.error in ("zero_area", "outside_image")
+
+
+def test_iou_matches_torchvision_box_iou():
+    """geometry.iou against torchvision's reference on random boxes, degenerate ones included."""
+    import torch
+    from torchvision.ops import box_iou
+
+    from zoomdx_lib.geometry import iou as geometry_iou
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0, 300, (200, 4))
+    b = rng.uniform(0, 300, (200, 4))
+    a[:, 2:] = a[:, :2] + rng.uniform(0, 120, (200, 2))
+    b[:, 2:] = b[:, :2] + rng.uniform(0, 120, (200, 2))
+    b[:10] = a[:10]                        # identical boxes
+    b[10:20, 2:] = b[10:20, :2] + 1e-3     # near-empty boxes
+    ref = box_iou(torch.tensor(a), torch.tensor(b)).diagonal().numpy()
+    ours = np.array([geometry_iou(x, y) for x, y in zip(a, b)])
+    np.testing.assert_allclose(ours, ref, atol=1e-9)

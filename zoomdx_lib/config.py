@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_BASE = Path(__file__).resolve().parent / "base"   # the pretrained tiny base (`make base`, notebook 00)
 DATA_ENV = "ZOOMDX_DATA"   # where real data sets live; default: the repository's git-ignored data/ folder
 
 
@@ -169,12 +170,15 @@ _SMOKE_TINY = dict(text_hidden=64, text_layers=2, text_heads=2, text_kv_heads=1,
                     vision_hidden=64, vision_depth=2, vision_heads=2, vision_intermediate=128)
 
 PROFILES: dict[str, Profile] = {
+    # Both CPU profiles start from the shipped pretrained base and then follow the paper: LoRA SFT (vision
+    # tower frozen), GRPO. `model__path=None` builds the tiny model from random weights instead, with a
+    # from-scratch SFT stage first (`sft.full_steps`, `sft.warmup_steps`; _SMOKE_TINY sizes in smoke).
     "smoke": Profile(
         name="smoke",
-        model=ModelConfig(tiny=_SMOKE_TINY),
+        model=ModelConfig(path=str(SHIPPED_BASE), tiny=_SMOKE_TINY),
         data=DataConfig(n_train_per_organ=48, n_test_per_organ=12, n_real_test=8),
         rollout=RolloutConfig(max_new_tokens=(64, 48)),
-        sft=SFTConfig(warmup_steps=10, full_steps=30, lora_steps=10, batch_size=8, checkpoint_every=10),
+        sft=SFTConfig(warmup_steps=0, full_steps=0, lora_steps=10, batch_size=8, checkpoint_every=5),
         grpo=GRPOConfig(steps=2, prompts_per_step=1, checkpoint_every=1),
         eval=EvalConfig(rollouts=8, batch_size=16, bootstrap_samples=200)),
     # Sized for a ~20-minute chain on 2 cores: test sets of 40 cases (the paper: 120) because 8-rollout
@@ -182,8 +186,9 @@ PROFILES: dict[str, Profile] = {
     # the paper-literal `group` GRPO row is left to smoke/paper (its update provably ignores R_group).
     "cpu": Profile(
         name="cpu",
+        model=ModelConfig(path=str(SHIPPED_BASE)),
         data=DataConfig(n_test_per_organ=40, n_real_test=40),
-        sft=SFTConfig(full_steps=300, lora_steps=60, batch_size=8, checkpoint_every=50),
+        sft=SFTConfig(full_steps=0, lora_steps=300, batch_size=8, lr_lora=1e-3, checkpoint_every=50),
         grpo=GRPOConfig(steps=10, paper_group_row=False, checkpoint_every=5)),
     "paper": Profile(
         name="paper", device="cuda",

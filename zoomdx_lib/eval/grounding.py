@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..config import get_profile
+from ..config import SHIPPED_BASE, get_profile
 from ..data.dialogue import question_for
 from ..data.synth import ORGAN_PRESETS, generate_samples
 from ..geometry import iou
@@ -36,7 +36,6 @@ from ..model.load import load_policy
 from ..rl.rollout import HFPolicy, OraclePolicy, oracle_turn1, rollout
 from . import metrics as M
 
-SHIPPED_BASE = Path(__file__).resolve().parents[1] / "base"
 
 
 def fresh_cases(organ: str, n: int, seed: int, size: int) -> list[tuple]:

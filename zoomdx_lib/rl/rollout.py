@@ -89,8 +89,10 @@ class HFPolicy:
     def __call__(self, inputs: dict, turn: int, max_new_tokens: int, do_sample: bool, temperature: float):
         device = next(self.model.parameters()).device
         inputs = {k: v.to(device) for k, v in inputs.items()}
+        # use_cache: a model set up for gradient checkpointing has config.use_cache False; generation
+        # (eval mode, no graph) still wants its KV cache.
         kw = dict(do_sample=do_sample, max_new_tokens=max_new_tokens, eos_token_id=self.eos_id,
-                  pad_token_id=self.processor.tokenizer.pad_token_id, suppress_tokens=self.suppress)
+                  pad_token_id=self.processor.tokenizer.pad_token_id, suppress_tokens=self.suppress, use_cache=True)
         if do_sample:  # sample the plain tempered distribution, as GRPO's ratio assumes
             kw.update(temperature=temperature, top_k=0, top_p=1.0)
         else:

@@ -180,6 +180,7 @@ def _log_row(trajs, items, scores, adv, loss, kls, grad_norm, t_gen, t_upd) -> d
         answer_valid=float(np.mean([t.label is not None for t in flat])),
         mean_iou=float(np.mean([s["loc"].mean() for s in scores])),
         kl=float(np.mean(kls)) if kls else 0.0, loss=loss, grad_norm=grad_norm,
+        generated_tokens=int(sum(len(t.turn1_ids) + len(t.turn2_ids) for t in flat)),
         time_generation_s=t_gen, time_update_s=t_upd)
 
 

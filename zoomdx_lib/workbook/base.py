@@ -22,7 +22,8 @@ from typing import Optional
 
 import torch
 
-from ..eval.grounding import SHIPPED_BASE, fresh_cases, grounding_report
+from ..config import SHIPPED_BASE
+from ..eval.grounding import fresh_cases, grounding_report
 from ..io import atomic_write_json
 from ..model.load import load_model_and_processor, write_checksums
 from ..train.pretrain import AUX_LOSSES, PretrainConfig, pretrain, read_evals
