@@ -117,7 +117,8 @@ cases = [c for organ in shown for c in shown[organ][1][:4]]
 viz.grounding_panels(items, cases, n=12, save_path=run.figure("pretrain_boxes.png"));
 
 # %%
-run.write_metrics(dict(base=str(base_dir), pretrain_steps=pretrain_steps,
+run.write_metrics(dict(profile=run.profile.name, seed=seed, pretrain_steps=pretrain_steps,
+                       base="zoomdx_lib/base" if pretrain_steps == 0 else "models/base_pretrain/model",
                        grounding={r["organ"]: {k: r[k] for k in ("n", "miou", "miou_ci", "mean_box_miou", "acc",
                                                                   "acc_ci", "majority_acc", "tool_call_valid")}
                                   for r in rows}))

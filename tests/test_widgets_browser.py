@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -251,7 +252,13 @@ class JupyterLab:
         """Until a kernel is idle with a client (the page's websocket) connected to it."""
         deadline, kernels = time.time() + timeout_s, []
         while time.time() < deadline:
-            kernels = self.api("kernels")
+            try:
+                kernels = self.api("kernels")
+            except urllib.error.HTTPError as err:   # a kernel still starting can make the listing fail (500)
+                if err.code != 500:
+                    raise
+                time.sleep(0.5)
+                continue
             if any(k.get("connections", 0) >= 1 and k.get("execution_state") == "idle" for k in kernels):
                 return
             time.sleep(0.5)
