@@ -18,6 +18,7 @@ or replace top-level fields (``seed``, ``device``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +203,23 @@ PROFILES: dict[str, Profile] = {
 }
 
 STAGES = ("model", "data", "rollout", "sft", "grpo", "eval")
+
+
+def parse_key_values(items) -> dict:
+    """{key: value} from "key=value" strings (the commands' ``--set`` and ``--param``); a value is
+    parsed as JSON when it is JSON, else kept as a string.
+
+    >>> parse_key_values(["grpo__steps=20", "model__path=null", "sft__engine=trl"])
+    {'grpo__steps': 20, 'model__path': None, 'sft__engine': 'trl'}
+    """
+    out = {}
+    for kv in items:
+        k, _, v = kv.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
 
 
 def get_profile(name: str, **overrides) -> Profile:

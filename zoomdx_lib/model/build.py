@@ -31,40 +31,26 @@ TAG_TOKENS = list(TAGS)
 
 # Qwen2.5-VL's message layout, without the default system prompt (saves ~20 tokens a turn on
 # the tiny model). A real checkpoint keeps its own template.
-TINY_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "<|im_start|>{{ message['role'] }}{{ '\\n' }}"
+_TINY_TURN_START = "{%- for message in messages -%}<|im_start|>{{ message['role'] }}{{ '\\n' }}"
+_TINY_CONTENT = (
     "{%- if message['content'] is string -%}{{ message['content'] }}"
     "{%- else -%}{%- for part in message['content'] -%}"
     "{%- if part['type'] == 'image' or 'image' in part -%}<|vision_start|><|image_pad|><|vision_end|>"
     "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
-    "<|im_end|>{{ '\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
 )
+_TINY_END = "{%- endfor -%}{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
+TINY_CHAT_TEMPLATE = _TINY_TURN_START + _TINY_CONTENT + "<|im_end|>{{ '\\n' }}" + _TINY_END
 
 # The same text with {% generation %} markers around each assistant turn's content and its <|im_end|>
 # (what the explicit loss trains), so TRL's collator can mask everything else.
 TINY_TRAINING_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "<|im_start|>{{ message['role'] }}{{ '\\n' }}"
-    "{%- if message['role'] == 'assistant' -%}{%- generation -%}"
-    "{%- if message['content'] is string -%}{{ message['content'] }}"
-    "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}<|im_end|>{%- endgeneration -%}{{ '\\n' }}"
-    "{%- else -%}"
-    "{%- if message['content'] is string -%}{{ message['content'] }}"
-    "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'image' or 'image' in part -%}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "<|im_end|>{{ '\\n' }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
+    _TINY_TURN_START
+    + "{%- if message['role'] == 'assistant' -%}{%- generation -%}" + _TINY_CONTENT
+    + "<|im_end|>{%- endgeneration -%}{{ '\\n' }}{%- else -%}" + _TINY_CONTENT + "<|im_end|>{{ '\\n' }}{%- endif -%}"
+    + _TINY_END
 )
+
 
 # Qwen2.5-VL-7B-Instruct's own chat template (default system prompt, vision placeholders, add_vision_id).
 QWEN25_VL_CHAT_TEMPLATE = (
@@ -192,6 +178,13 @@ def paper_shaped_config(tokenizer, text_hidden=128, text_layers=4, text_heads=4,
                             pad_token_id=ids["<|endoftext|>"])
 
 
+def build_processor(tokenizer, min_pixels: int = 112 * 112, max_pixels: int = 224 * 224) -> Qwen2_5_VLProcessor:
+    """A Qwen2.5-VL processor around `tokenizer` (its chat template) with these pixel bounds."""
+    return Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels),
+                               tokenizer=tokenizer, video_processor=Qwen2VLVideoProcessor(),
+                               chat_template=tokenizer.chat_template)
+
+
 def build_tiny_checkpoint(path, min_pixels: int = 112 * 112, max_pixels: int = 224 * 224, seed: int = 0,
                           corpus: Optional[Iterable[str]] = None, shape: str = "tiny", **sizes) -> Path:
     """Build an offline Qwen2.5-VL with random weights, its tokenizer and processor, and save all with
@@ -204,9 +197,7 @@ def build_tiny_checkpoint(path, min_pixels: int = 112 * 112, max_pixels: int = 2
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(corpus, shape=shape)
-    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
-    processor = Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=tok,
-                                    video_processor=Qwen2VLVideoProcessor(), chat_template=tok.chat_template)
+    processor = build_processor(tok, min_pixels, max_pixels)
     torch.manual_seed(seed)
     make_config = tiny_config if shape == "tiny" else paper_shaped_config
     model = Qwen2_5_VLForConditionalGeneration(make_config(tok, **sizes))

@@ -45,6 +45,23 @@ def read_log(out_dir) -> list[dict]:
     return read_jsonl(path) if path.exists() else []
 
 
+def resume_latest(out_dir, model, optimizer=None, scheduler=None) -> Optional[dict]:
+    """Load the latest checkpoint in `out_dir` into `model`, `optimizer`, `scheduler` and the torch RNG;
+    returns its meta (with "step"), or None when there is none."""
+    ckpt = latest_checkpoint(out_dir)
+    if ckpt is None:
+        return None
+    restore_weights(model, ckpt)
+    return load_training_state(ckpt, optimizer, scheduler)
+
+
+def cut_log(out_dir, start: int) -> list[dict]:
+    """Rewrite `out_dir/log.jsonl` with the rows up to step `start` (none for a fresh run) and return them."""
+    rows = [r for r in read_log(out_dir) if r["step"] <= start] if start else []
+    write_jsonl(Path(out_dir) / LOG_NAME, rows)
+    return rows
+
+
 def run_loop(model, optimizer, step_fn: Callable[[list[int]], dict], n_items: int, cfg: LoopConfig, out_dir,
              scheduler=None, resume: bool = True, show_progress: bool = True,
              postfix: Optional[Callable[[dict], dict]] = None,
@@ -61,17 +78,14 @@ def run_loop(model, optimizer, step_fn: Callable[[list[int]], dict], n_items: in
     out_dir.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator().manual_seed(cfg.sampler_seed)
     start = 0
-    ckpt = latest_checkpoint(out_dir) if resume else None
-    if ckpt is not None:
-        restore_weights(model, ckpt)
-        meta = load_training_state(ckpt, optimizer, scheduler)
+    meta = resume_latest(out_dir, model, optimizer, scheduler) if resume else None
+    if meta is not None:
         start = meta["step"]
         gen.set_state(torch.tensor(meta["extra"]["sampler_state"], dtype=torch.uint8))
     elif cfg.torch_seed is not None:
         torch.manual_seed(cfg.torch_seed)
     log_path = out_dir / LOG_NAME
-    rows = [r for r in read_log(out_dir) if r["step"] <= start] if start else []
-    write_jsonl(log_path, rows)
+    rows = cut_log(out_dir, start)
     bar = progress(range(start, cfg.steps), show_progress, desc=cfg.desc, initial=start, total=cfg.steps)
     for step in bar:
         idx = torch.randint(n_items, (cfg.draws_per_step,), generator=gen).tolist()

@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from ..config import Profile, get_profile
+from ..config import Profile, get_profile, parse_key_values
 from ..geometry import model_input_size
 from ..model.load import LORA_TARGET_REGEX
 
@@ -138,14 +138,7 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-gib", type=float, default=80.0)
     ap.add_argument("--set", action="append", default=[], metavar="STAGE__FIELD=VALUE")
     args = ap.parse_args(argv)
-    overrides = {}
-    for kv in args.set:
-        k, _, v = kv.partition("=")
-        try:
-            overrides[k] = json.loads(v)
-        except json.JSONDecodeError:
-            overrides[k] = v
-    plan = memory_plan(get_profile(args.profile, **overrides), load_config(args.model, args.config), args.gpu_gib)
+    plan = memory_plan(get_profile(args.profile, **parse_key_values(args.set)), load_config(args.model, args.config), args.gpu_gib)
     print(json.dumps(plan, indent=1))
     return 0
 

@@ -35,12 +35,12 @@ from transformers import PrinterCallback, TrainerCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
-from ..io import append_jsonl, read_jsonl, write_jsonl
+from ..io import append_jsonl
 from ..io import progress as progress_bar
 from ..model.build import TINY_CHAT_TEMPLATE, TINY_TRAINING_CHAT_TEMPLATE
 from ..protocol import image_paths
-from .checkpoints import latest_checkpoint, load_training_state, restore_weights, save_checkpoint
-from .loop import LOG_NAME
+from .checkpoints import save_checkpoint
+from .loop import LOG_NAME, cut_log, read_log, resume_latest
 
 
 class DialogueDataset(torch.utils.data.Dataset):
@@ -148,14 +148,10 @@ def train_with_trl(model, processor, dataset: DialogueDataset, steps: int, batch
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start, rng_state = 0, None
-    ckpt = latest_checkpoint(out_dir) if resume else None
-    if ckpt is not None:
-        restore_weights(model, ckpt)
-        start = load_training_state(ckpt, optimizer, scheduler)["step"]
-        rng_state = torch.get_rng_state()
-    log_path = out_dir / LOG_NAME
-    rows = [r for r in read_jsonl(log_path) if r["step"] <= start] if (start and log_path.exists()) else []
-    write_jsonl(log_path, rows)
+    meta = resume_latest(out_dir, model, optimizer, scheduler) if resume else None
+    if meta is not None:
+        start, rng_state = meta["step"], torch.get_rng_state()
+    rows = cut_log(out_dir, start)
     if start >= steps:
         return rows
     draws = loop_draws(len(dataset), batch_size, steps, seed)[start * batch_size:]
@@ -183,4 +179,4 @@ def train_with_trl(model, processor, dataset: DialogueDataset, steps: int, batch
         model.eval()
         if progress:
             bar.close()
-    return read_jsonl(log_path)
+    return read_log(out_dir)

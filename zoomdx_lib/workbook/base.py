@@ -26,6 +26,7 @@ from ..config import SHIPPED_BASE
 from ..eval.grounding import fresh_cases, grounding_report
 from ..io import atomic_write_json
 from ..model.load import load_model_and_processor, write_checksums
+from ..train.loop import read_log
 from ..train.pretrain import AUX_LOSSES, PretrainConfig, pretrain, read_evals
 
 HELD_OUT_SEED = zlib.crc32(b"zoomdx-pretrain-heldout") & 0x7FFFFFFF   # curves during training
@@ -99,7 +100,7 @@ def ship(run_dir, cfg: PretrainConfig, dest: Path = SHIPPED_BASE, n: int = 64) -
     """Copy the run's exported model into `dest` with its card and checksums; returns the card numbers."""
     src = Path(run_dir) / "model"
     numbers = card_numbers(src, cfg, n)
-    history = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+    history = read_log(run_dir)
     seconds = sum(r.get("seconds", 0.0) for r in history) or None
     if dest.exists():
         shutil.rmtree(dest)

@@ -23,27 +23,25 @@ from typing import Optional
 
 import torch
 from peft import get_peft_model
-from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor
-from transformers import Qwen2VLVideoProcessor
+from transformers import Qwen2_5_VLForConditionalGeneration
 
-from ..config import get_profile
+from ..config import get_profile, parse_key_values
 from ..data.store import build_synthetic_splits, load_items
-from ..model.build import build_tokenizer, paper_shaped_config
+from ..model.build import build_processor, build_tokenizer, paper_shaped_config
 from ..model.load import default_attention, lora_config
 from ..train.grpo import grpo_step
 from ..train.plan import load_config, memory_plan
 from ..train.sft import cosine_schedule, dialogue_records
 from ..train.sft_trainer import DialogueDataset, train_with_trl
 
-TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+SPECIAL_IDS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
+               "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
 
 
 def smoke_model(tokenizer, device: str, tiny: bool):
     """Random-weight Qwen2.5-VL: the 7B's configuration (or the paper-shaped tiny one), the tokenizer's special ids."""
     config = paper_shaped_config(tokenizer) if tiny else load_config(config="qwen2.5-vl-7b-instruct")
-    for name in TOKEN_IDS:   # the smoke tokenizer is the paper-shaped one: point the config at its ids
-        token = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
-                 "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}[name]
+    for name, token in SPECIAL_IDS.items():   # the smoke tokenizer is the paper-shaped one: use its ids
         setattr(config, name, tokenizer.convert_tokens_to_ids(token))
     for cfg in (config, config.text_config):
         cfg.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -76,8 +74,7 @@ def run(device: str = "cuda", tiny: bool = False, sft_steps: int = 2, grpo_steps
     prof = get_profile("paper", **overrides)
     out = Path(out or tempfile.mkdtemp(prefix="zoomdx-gpu-smoke-"))
     tok = build_tokenizer(shape="paper")
-    processor = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessor(**prof.model.pixel_bounds), tokenizer=tok,
-                                    video_processor=Qwen2VLVideoProcessor(), chat_template=tok.chat_template)
+    processor = build_processor(tok, **prof.model.pixel_bounds)
     processor.tokenizer.padding_side = "left"
     t0 = time.perf_counter()
     torch.manual_seed(prof.seed)
@@ -142,14 +139,8 @@ def main(argv: Optional[list] = None) -> int:
         print("no CUDA device here: run on a GPU machine, or pass --tiny --device cpu to check the code path",
               file=sys.stderr)
         return 2
-    overrides = {}
-    for kv in args.set:
-        k, _, v = kv.partition("=")
-        try:
-            overrides[k] = json.loads(v)
-        except json.JSONDecodeError:
-            overrides[k] = v
-    print(json.dumps(run(args.device, args.tiny, args.sft_steps, args.grpo_steps, args.out, overrides)))
+    print(json.dumps(run(args.device, args.tiny, args.sft_steps, args.grpo_steps, args.out,
+                         parse_key_values(args.set))))
     return 0
 
 

@@ -31,6 +31,7 @@ import jupytext
 import nbformat
 import papermill as pm
 
+from ..config import parse_key_values
 from ..io import atomic_write_json
 from .rundir import collect_metrics
 
@@ -179,18 +180,6 @@ def run_chain(profile: str, run_dir, notebooks_dir=DEFAULT_NOTEBOOKS, force: boo
     return manifest
 
 
-def _key_values(items) -> dict:
-    """{k: v} from "k=v" strings; v parsed as JSON when it is JSON, else kept as a string."""
-    out = {}
-    for kv in items:
-        k, _, v = kv.partition("=")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m zoomdx_lib.workbook.runner", description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default cpu)")
@@ -204,9 +193,9 @@ def main(argv=None) -> int:
                     help="change a profile field in every notebook, e.g. --set grpo__steps=20 (JSON value)")
     ap.add_argument("--publish-figures", default=None, help="copy the run's figures/*.png here")
     args = ap.parse_args(argv)
-    extra = _key_values(args.param)
+    extra = parse_key_values(args.param)
     if args.set:
-        extra["overrides"] = _key_values(args.set)
+        extra["overrides"] = parse_key_values(args.set)
     out = args.out or f"runs/{args.profile}"
     try:
         manifest = run_chain(args.profile, out, args.notebooks, args.force,
