@@ -95,6 +95,19 @@ def test_killed_run_resumes_to_the_same_weights_and_log(tiny_run):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_second_stage_starts_from_the_checkpoint_weights_and_heads(tiny_run):
+    cfg, out, _ = tiny_run
+    first = out / "straight" / json.loads((out / "straight" / "latest.json").read_text())["path"]
+    stage2 = PretrainConfig(steps=1, batch_size=2, lr=0.0, warmup=0, seed=1, init_from=str(first), tiny=_SMOKE_TINY)
+    result = pretrain(stage2, out / "stage2", progress=False)
+    before, after = load_file(str(first / "model.safetensors")), load_file(str(out / "stage2" / "model" / "model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)   # lr 0: unchanged
+    ckpt = out / "stage2" / json.loads((out / "stage2" / "latest.json").read_text())["path"]
+    heads0, heads1 = load_file(str(first / HEADS_FILE)), load_file(str(ckpt / HEADS_FILE))
+    assert all(torch.equal(heads0[k], heads1[k]) for k in heads0)
+    assert result["history"][0]["step"] == 1
+
+
 def test_checksums_catch_a_changed_file(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"weights")
     (tmp_path / "b.json").write_text("{}")

@@ -76,6 +76,7 @@ class PretrainConfig:
     aux_weights: dict = field(default_factory=lambda: dict(mask=1.0, pos=1.0, attn=0.5))
     attn_head: int = 0                 # the head of each layer the attention loss guides
     seed: int = 0                      # model init, stream and sampler
+    init_from: Optional[str] = None    # a pretraining checkpoint (with its heads) to continue from, fresh schedule
     checkpoint_every: int = 100
     tiny: dict = field(default_factory=lambda: dict(
         text_hidden=256, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=768,
@@ -236,7 +237,11 @@ def pretrain(cfg: PretrainConfig, out_dir, resume: bool = True, progress: bool =
     out_dir = Path(out_dir)
     vlm, processor = load_model_and_processor(init_checkpoint(cfg, out_dir), attn_implementation="eager",
                                               min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
-    model = PretrainModel(vlm)
+    if cfg.init_from:   # a second stage: the weights (and heads) of an earlier run, a new optimizer and schedule
+        model = PretrainModel.from_pretrained(cfg.init_from)
+        vlm = model.vlm
+    else:
+        model = PretrainModel(vlm)
     atomic_write_json(out_dir / "pretrain_config.json", asdict(cfg))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = cosine_schedule(opt, cfg.steps, cfg.warmup)
