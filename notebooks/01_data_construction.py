@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -107,6 +108,45 @@ for name, r in imported.items():
             display(pd.DataFrame(r["report"].problems, columns=["record", "problem"]).head(20))
 
 # %% [markdown]
+# ## Does looking closer add information?
+#
+# Zooming can only help if the crop holds evidence the full view has lost. A reference classifier that knows
+# nothing of the VLM (standardised logistic regression on the pixels, grey and gradient histograms and box aspect
+# of a view; `zoomdx_lib.eval.readability`) reads each attribute of fresh cases from two views of the TRUE box:
+# the zoom tool's crop, cut from the original image, and the same box cut from the full view at the model's input
+# size. Labels are the generator's true classes. Train and test cases come from two seeds no split uses.
+# A (crop − full) interval that covers 0 means this data does not reward zooming: with 256 px originals and a
+# 224 px full view, both views hold nearly the same pixels.
+
+# %%
+from zoomdx_lib.eval import readability as R
+from zoomdx_lib.eval.tables import fmt_cell
+
+n_read_train, n_read_test = prof.data.readability_cases
+with run.phase("readability"):
+    readable = [R.readability(o, a, n_read_train, n_read_test, prof.data.image_size, **prof.model.pixel_bounds,
+                              crop_pixels=prof.rollout.crop_pixels, n_boot=prof.eval.bootstrap_samples, seed=seed)
+                for o in prof.data.organs_train for a in prof.data.attributes]
+display(pd.DataFrame([{"organ": r["organ"], "attribute": r["attribute"], "majority": round(100 * r["majority"], 1),
+                       **{f"% from {v}": fmt_cell(*r[v], "acc") for v in ("crop", "full", "crop_minus_full")}}
+                      for r in readable]))
+viz.readability_plot(readable, save_path=run.figure("fig_data_readability.png"));
+
+# %% [markdown]
+# ## How realistic is the speckle?
+#
+# Grain of the speckle away from the lesion: full width at half maximum of the grey-level autocorrelation,
+# axial (down) and lateral (across), as a fraction of the image width, with the grey mean and spread of the same
+# patches; median over images with 95 % intervals. Synthetic breast against the real breast split (BUS-BRA) when
+# one was imported above.
+
+# %%
+grain = {"synthetic breast": R.grain_summary(R.synthetic_grain("breast", n_read_test, prof.data.image_size, seed))}
+for name in [name for name, r in imported.items() if r["report"] is not None]:
+    grain[name] = R.grain_summary(R.real_grain(store.load_items(run.data_dir, f"test_{name}", n_read_test), seed))
+display(pd.DataFrame({k: R.grain_row(v) for k, v in grain.items()}).T)
+
+# %% [markdown]
 # ## Browse the samples
 
 # %%
@@ -115,4 +155,5 @@ W.sample_browser(all_samples, run.data_dir, prof.rollout.crop_pixels)
 
 # %%
 run.write_metrics(dict(profile=prof.name, seed=seed,  # wall-clock times live in phases.json
-                       splits={k: store.split_summary(v) for k, v in samples.items()}, real=real))
+                       splits={k: store.split_summary(v) for k, v in samples.items()}, real=real,
+                       readability=readable, speckle_grain=grain))

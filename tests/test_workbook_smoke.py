@@ -36,6 +36,11 @@ def test_every_notebook_ran_and_wrote_metrics(smoke_run):
     assert not (run / "models" / "tiny_init").exists() and not (run / "models" / "sft_zoom_full").exists()
     m01 = read_metrics(run, "01_data_construction")
     assert m01["splits"]["train"]["n"] == 96 and m01["splits"]["test_thyroid"]["n"] == 12
+    assert [(r["organ"], r["attribute"]) for r in m01["readability"]] == [
+        (o, a) for o in ("liver", "breast") for a in ("echo", "shape", "margin")]
+    for r in m01["readability"]:   # reference-classifier accuracies with their intervals, 24 test cases each
+        assert r["n_test"] == 24 and all(v[1] <= v[0] <= v[2] for v in (r["crop"], r["full"], r["crop_minus_full"]))
+    assert m01["speckle_grain"]["synthetic breast"]["n"] > 0
     m03 = read_metrics(run, "03_grpo_uncertainty_alignment")
     assert {"grpo_accuracy_only", "grpo_uncertainty_credit", "grpo_uncertainty_group"} <= set(m03["models"])
     phases = json.loads((run / "phases.json").read_text())
@@ -44,7 +49,7 @@ def test_every_notebook_ran_and_wrote_metrics(smoke_run):
         assert phases["03_grpo_uncertainty_alignment"][f"{name}_update"] > 0
     assert "sft_zoom_train" in phases["02_sft_zoom_then_diagnose"]
     for fig in ("fig1_kappa_distributions.png", "reliability_diagrams.png", "risk_coverage.png", "grpo_curves.png",
-                "fig_data_examples.png", "sft_loss.png", "pretrain_curves.png", "pretrain_boxes.png"):
+                "fig_data_examples.png", "fig_data_readability.png", "sft_loss.png", "pretrain_curves.png", "pretrain_boxes.png"):
         assert (run / "figures" / fig).stat().st_size > 0, fig
 
 

@@ -95,6 +95,7 @@ class DataConfig:
     n_test_per_organ: int = 120            # the paper's 120 cases per test set
     attributes: tuple[str, ...] = ("echo", "shape", "margin")
     n_real_test: int = 120
+    readability_cases: tuple[int, int] = (240, 160)   # (train, test) cases per attribute, notebook 01's check
 
 
 @dataclass
@@ -121,6 +122,9 @@ class SFTConfig:
     engine: str = "trl"                # "trl": TRL's SFTTrainer; "explicit": the workbook's loop (same batches)
 
 
+GRPO_ENGINES = ("explicit", "trl")
+
+
 @dataclass
 class GRPOConfig:
     """GRPO: P prompts x G rollouts per step; estimator "group" (paper), "batch" or "credit"."""
@@ -133,6 +137,12 @@ class GRPOConfig:
     paper_group_row: bool = True       # also train (and evaluate) the paper-literal "group" estimator
     micro_batch: int = 16              # trajectories per forward pass of the loss
     checkpoint_every: int = 10
+    engine: str = "explicit"           # "explicit": the workbook's step; "trl": TRL's GRPOTrainer (same prompts)
+    use_vllm: bool = False             # engine "trl" on CUDA: generate with vLLM (colocated) instead of HF generate
+
+    def __post_init__(self):
+        if self.engine not in GRPO_ENGINES:
+            raise ValueError(f"unknown GRPO engine {self.engine!r}; choose one of {GRPO_ENGINES}")
 
 
 @dataclass
@@ -177,7 +187,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         model=ModelConfig(path=str(SHIPPED_BASE), tiny=_SMOKE_TINY),
-        data=DataConfig(n_train_per_organ=48, n_test_per_organ=12, n_real_test=8),
+        data=DataConfig(n_train_per_organ=48, n_test_per_organ=12, n_real_test=8, readability_cases=(36, 24)),
         rollout=RolloutConfig(max_new_tokens=(64, 48)),
         sft=SFTConfig(warmup_steps=0, full_steps=0, lora_steps=10, batch_size=8, checkpoint_every=5),
         grpo=GRPOConfig(steps=2, prompts_per_step=1, checkpoint_every=1),
@@ -198,7 +208,7 @@ PROFILES: dict[str, Profile] = {
         data=DataConfig(image_size=448, n_train_per_organ=4000),
         rollout=RolloutConfig(max_new_tokens=(256, 256), crop_pixels=28 * 28 * 256),
         sft=SFTConfig(full_steps=0, lora_steps=2000, batch_size=16, lr_lora=1e-4),
-        grpo=GRPOConfig(steps=500, prompts_per_step=8, lr=1e-6, beta=0.0),
+        grpo=GRPOConfig(steps=500, prompts_per_step=8, lr=1e-6, beta=0.0, engine="trl"),
         eval=EvalConfig(batch_size=32)),
 }
 

@@ -408,3 +408,20 @@ def qualitative_case(record: dict, image, crop_pixels: int, title: str = "", sav
     if title:
         fig.suptitle(title, fontsize=10)
     return _finish(fig, save_path)
+
+
+def readability_plot(rows: Sequence[dict], save_path=None) -> Figure:
+    """Reference-classifier accuracy from the zoom crop and from the full view, per organ and attribute,
+    with 95 % intervals and the majority rate (rows from :func:`zoomdx_lib.eval.readability.readability`)."""
+    fig, axes = _figure(1, 1, (max(5.0, 1.1 * len(rows) + 1), 3.2))
+    ax, x = axes[0, 0], np.arange(len(rows))
+    for k, (view, colour) in enumerate((("crop", "tab:blue"), ("full", "tab:orange"))):
+        pts = np.array([r[view] for r in rows])
+        ax.bar(x + (k - 0.5) * 0.38, pts[:, 0], 0.38, color=colour, label=f"from the {view}",
+               yerr=[pts[:, 0] - pts[:, 1], pts[:, 2] - pts[:, 0]], capsize=3)
+    ax.scatter(x, [r["majority"] for r in rows], color="k", marker="_", s=300, zorder=3, label="majority")
+    ax.set_xticks(x, [f"{r['organ']}\n{r['attribute']}" for r in rows])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8, loc="upper right")
+    return _finish(fig, save_path)
