@@ -237,9 +237,10 @@ def parse_key_values(items) -> dict:
 def get_profile(name: str, **overrides) -> Profile:
     """Return a copy of the named profile with fields replaced by `overrides`.
 
-    ``stage__field=value`` replaces one field of a stage config (``grpo__steps=3``); a stage name
-    takes a whole config object (``model=ModelConfig(path=...)``); ``seed``, ``device``, ``hp``
-    replace top-level fields. Raises ValueError naming the unknown profile, stage or field.
+    ``stage__field=value`` replaces one field of a stage config (``grpo__steps=3``) or of the paper's
+    hyper-parameters (``hp__lora_dropout=0.0``); a stage name takes a whole config object
+    (``model=ModelConfig(path=...)``); ``seed``, ``device``, ``hp`` replace top-level fields. Raises
+    ValueError naming the unknown profile, stage or field.
     """
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; choose one of {sorted(PROFILES)}")
@@ -249,8 +250,8 @@ def get_profile(name: str, **overrides) -> Profile:
     for key, value in overrides.items():
         stage, sep, fld = key.partition("__")
         if sep:
-            if stage not in STAGES:
-                raise ValueError(f"unknown profile stage {stage!r} in {key!r}; stages: {STAGES}")
+            if stage not in STAGES + ("hp",):
+                raise ValueError(f"unknown profile stage {stage!r} in {key!r}; stages: {STAGES} (and hp)")
             known = {f.name for f in dataclasses.fields(getattr(base, stage))}
             if fld not in known:
                 raise ValueError(f"unknown field {fld!r} of profile stage {stage!r}; fields: {sorted(known)}")

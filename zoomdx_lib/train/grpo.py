@@ -7,9 +7,10 @@ policy-gradient loss on the model's own tokens of both turns (crop turn and prom
 optional KL to the SFT policy (LoRA disabled) -> the LoRA weights are updated. Steps run
 through the one training loop (:mod:`zoomdx_lib.train.loop`).
 
-Why not TRL's GRPOTrainer: its `rollout_func` cannot carry the mid-rollout crop into the loss
+Why not only TRL's GRPOTrainer: its `rollout_func` cannot carry the mid-rollout crop into the loss
 pass, its experimental tool loop needs a custom parser and silently drops over-long image tool
-results, and a group-level reward needs whole groups per rank. This step keeps every term visible.
+results, and a group-level reward needs whole groups per rank. This step keeps every term visible;
+:mod:`zoomdx_lib.train.grpo_trl` (``GRPOConfig.engine="trl"``) runs the same update on the trainer.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ..model.load import load_model_and_processor
 from ..rl.advantages import compute_advantages
 from ..rl.rewards import VARIANTS, mode_and_kappa, score_group
 from ..rl.rollout import HFPolicy, Trajectory, rollout
+from .grpo_trl import train_grpo_trl
 from .loop import LoopConfig, run_loop
 
 __all__ = ["GRPOConfig", "RolloutConfig", "VARIANTS", "grpo_step", "train_grpo", "run_grpo", "sequence_logprobs",
@@ -217,8 +219,10 @@ def run_grpo(profile: Profile, run_dir, variant: str, estimator: str, sft_base: 
     """The notebook-03 recipe: from the SFT adapter, train one RL variant on the train split.
 
     Uses ``profile.grpo`` with `estimator` (and `steps` when given), the profile's rollout settings,
-    hyper-parameters and seed. Saves the adapter as `run_dir/models/{name}` (default
-    :func:`run_name`) and returns {name, base, adapter, log, seconds, time_generation_s, time_update_s}.
+    hyper-parameters and seed; ``profile.grpo.engine`` "trl" trains through TRL's GRPOTrainer
+    (:mod:`zoomdx_lib.train.grpo_trl`) instead of the explicit step. Saves the adapter as
+    `run_dir/models/{name}` (default :func:`run_name`) and returns {name, base, adapter, log, seconds,
+    time_generation_s, time_update_s}.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown GRPO variant {variant!r}; choose one of {VARIANTS}")
@@ -229,8 +233,12 @@ def run_grpo(profile: Profile, run_dir, variant: str, estimator: str, sft_base: 
     model = PeftModel.from_pretrained(model, sft_adapter, is_trainable=True)
     cfg = dataclasses.replace(profile.grpo, estimator=estimator, steps=profile.grpo.steps if steps is None else steps)
     items = load_items(run_dir / "data", "train")
-    log = train_grpo(model, processor, items, cfg, run_dir / "checkpoints" / name, variant, profile.rollout,
-                     profile.hp, profile.seed, resume, progress)
+    if cfg.engine == "trl":   # TRL's GRPOTrainer: same prompts, rewards, advantages and outputs
+        log = train_grpo_trl(model, processor, items, cfg, run_dir / "checkpoints" / name, variant, profile.rollout,
+                             profile.hp, profile.seed, resume, progress, device=profile.device)
+    else:
+        log = train_grpo(model, processor, items, cfg, run_dir / "checkpoints" / name, variant, profile.rollout,
+                         profile.hp, profile.seed, resume, progress)
     adapter = run_dir / "models" / name
     model.save_pretrained(adapter, safe_serialization=True)
     return dict(name=name, base=str(sft_base), adapter=str(adapter), log=log, seconds=time.perf_counter() - t0,

@@ -17,6 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 from peft import get_peft_model
 from PIL import Image
 
@@ -178,12 +179,17 @@ def run_sft(profile: Profile, run_dir, mode: str = "zoom", resume: bool = True, 
     """
     run_dir, t0 = Path(run_dir), time.perf_counter()
     models, cfg, hp = run_dir / "models", profile.sft, profile.hp
+    procs = PartialState(cpu=not str(profile.device).startswith("cuda"))   # one process, or `accelerate launch`
+    if procs.num_processes > 1 and cfg.engine != "trl":
+        raise ValueError(f"SFT over {procs.num_processes} processes needs sft.engine='trl' (the explicit loop "
+                         f"runs in one process); got {cfg.engine!r}")
     base = profile.model.path
     if base is None:
         base = models / "tiny_init"
-        if not (base / "config.json").exists():
+        if procs.is_main_process and not (base / "config.json").exists():
             build_tiny_checkpoint(base, profile.model.min_pixels, profile.model.max_pixels, profile.seed,
                                   **profile.model.tiny)
+        procs.wait_for_everyone()
     model, processor = load_model_and_processor(base, device=profile.device, **profile.model.pixel_bounds,
                                                 gradient_checkpointing=profile.model.gradient_checkpointing)
     data_dir = run_dir / "data"
@@ -220,12 +226,16 @@ def run_sft(profile: Profile, run_dir, mode: str = "zoom", resume: bool = True, 
         torch.manual_seed(profile.seed)
         hist_full = stage("full", model, examples, full_steps, cfg.lr_full, profile.seed)
         base = models / f"sft_{mode}_full"
-        model.save_pretrained(base, safe_serialization=True)
-        processor.save_pretrained(base)
+        if procs.is_main_process:
+            model.save_pretrained(base, safe_serialization=True)
+            processor.save_pretrained(base)
+        procs.wait_for_everyone()
     torch.manual_seed(profile.seed)
     peft_model = get_peft_model(model, lora_config(hp.lora_rank, hp.lora_alpha, hp.lora_dropout))
     hist_lora = stage("lora", peft_model, examples, cfg.lora_steps, cfg.lr_lora, profile.seed + 1)
     adapter = models / f"sft_{mode}_lora"
-    peft_model.save_pretrained(adapter, safe_serialization=True)
+    if procs.is_main_process:
+        peft_model.save_pretrained(adapter, safe_serialization=True)
+    procs.wait_for_everyone()
     return dict(base=str(base), adapter=str(adapter), history_warmup=hist_warmup, history_full=hist_full,
                 history_lora=hist_lora, seconds=time.perf_counter() - t0, n_examples=len(examples))

@@ -21,6 +21,14 @@ Three pieces stay ours, each because the trainer cannot do it as the workbook ne
 - the sampler: the trainer's shuffling sampler is replaced by the draws of
   :func:`zoomdx_lib.train.loop.run_loop` (with replacement, from one seeded generator), so both
   engines see the same batches and a resumed run continues the same sequence.
+
+Several processes (``accelerate launch --multi_gpu --num_processes N -m zoomdx_lib.train.launch``; on
+CPU the processes talk over gloo): `batch_size` stays the GLOBAL batch, each process takes
+``batch_size / N`` of every step's draws (accelerate hands batch k of the sampler to process k mod N,
+so one step's N per-process batches are exactly the single-process batch), gradients are averaged over
+the global token count, and only the main process writes the log and checkpoints. After every step
+the processes compare a fingerprint of their trainable weights (per-tensor sums in float64); the
+largest difference goes into each log row as ``rank_param_diff`` (0.0 when they are in sync).
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ from typing import Callable, Optional, Sequence
 
 import datasets
 import torch
+from accelerate import PartialState
 from PIL import Image
 from transformers import PrinterCallback, TrainerCallback
 from trl import SFTConfig as TRLSFTConfig
@@ -94,18 +103,39 @@ class _LoopSFTTrainer(SFTTrainer):
     def __init__(self, *args, draws: list[int], **kwargs):
         self._draws = draws
         super().__init__(*args, **kwargs)
+        # Qwen2.5-VL declares `accepts_loss_kwargs = False`, so the Trainer would not count the assistant tokens
+        # of the global batch and each process would average over its own tokens (a different gradient whenever
+        # processes hold different token counts). SFTTrainer computes the loss itself and never passes the count
+        # to the model, so declaring it only turns the global count on.
+        self.model_accepts_loss_kwargs = True
 
     def _get_train_sampler(self, train_dataset=None):
         return _Draws(self._draws)
 
 
+def rank_param_diff(model) -> float:
+    """Largest difference between processes of the per-tensor float64 sums of `model`'s trainable weights
+    (0.0 with one process). Every process must call it (it all-gathers)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0.0
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters() if p.requires_grad]).cpu()
+    gathered = [torch.empty_like(sums) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, sums)
+    return max(float((g - gathered[0]).abs().max()) for g in gathered)
+
+
 class _CheckpointAndLog(TrainerCallback):
-    """Writes ``log.jsonl`` rows and the workbook's checkpoints; a resumed run gets the checkpoint's torch RNG back."""
+    """Writes ``log.jsonl`` rows and the workbook's checkpoints (main process only); a resumed run gets the
+    checkpoint's torch RNG back; with several processes, checks after each step that their weights agree."""
 
     def __init__(self, out_dir: Path, start: int, steps: int, every: int, rng_state, callbacks, bar):
         self.out_dir, self.start, self.steps, self.every = out_dir, start, steps, every
         self.rng_state, self.callbacks, self.bar = rng_state, callbacks, bar
         self.t0 = time.perf_counter()
+        self.rank_diff = 0.0
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.rank_diff = rank_param_diff(model)
 
     def on_step_begin(self, args, state, control, **kwargs):
         # The trainer seeds torch when train() starts and the data loader draws its base seed from torch when
@@ -116,11 +146,13 @@ class _CheckpointAndLog(TrainerCallback):
         self.t0 = time.perf_counter()
 
     def on_log(self, args, state, control, logs=None, model=None, optimizer=None, lr_scheduler=None, **kwargs):
-        if not logs or "loss" not in logs:
+        if not logs or "loss" not in logs or not state.is_world_process_zero:
             return
         step = self.start + state.global_step
         row = {"step": step, "loss": float(logs["loss"]), "lr": lr_scheduler.get_last_lr()[0],
                "time_s": time.perf_counter() - self.t0}
+        if args.world_size > 1:
+            row["rank_param_diff"] = self.rank_diff
         append_jsonl(self.out_dir / LOG_NAME, row)
         if self.bar is not None:
             self.bar.update(1)
@@ -143,26 +175,35 @@ def train_with_trl(model, processor, dataset: DialogueDataset, steps: int, batch
 
     `optimizer` and `scheduler` are built by the caller over the trainable parameters (the trainer
     uses them as given). Checkpoints and ``log.jsonl`` go to `out_dir`; with `resume` the run
-    continues from the latest checkpoint there. Returns every row of the log.
+    continues from the latest checkpoint there. Returns every row of the log. Under ``accelerate
+    launch`` with N processes, `batch_size` is the global batch and must be divisible by N.
     """
     out_dir = Path(out_dir)
+    on_gpu = str(device).startswith("cuda")
+    procs = PartialState(cpu=not on_gpu)
+    if batch_size % procs.num_processes:
+        raise ValueError(f"SFT batch size {batch_size} (the global batch) is not divisible by the "
+                         f"{procs.num_processes} processes")
     out_dir.mkdir(parents=True, exist_ok=True)
     start, rng_state = 0, None
     meta = resume_latest(out_dir, model, optimizer, scheduler) if resume else None
     if meta is not None:
         start, rng_state = meta["step"], torch.get_rng_state()
-    rows = cut_log(out_dir, start)
+    if procs.is_main_process:
+        cut_log(out_dir, start)
+    procs.wait_for_everyone()
     if start >= steps:
-        return rows
+        return read_log(out_dir)
     draws = loop_draws(len(dataset), batch_size, steps, seed)[start * batch_size:]
-    on_gpu = str(device).startswith("cuda")
     args = TRLSFTConfig(
-        output_dir=str(out_dir / "trainer"), max_steps=steps - start, per_device_train_batch_size=batch_size,
+        output_dir=str(out_dir / "trainer"), max_steps=steps - start,
+        per_device_train_batch_size=batch_size // procs.num_processes,
         gradient_accumulation_steps=1, max_grad_norm=1.0, logging_steps=1, save_strategy="no", report_to=[],
         seed=seed, assistant_only_loss=True, max_length=None, bf16=on_gpu, use_cpu=not on_gpu,
         dataloader_pin_memory=on_gpu, disable_tqdm=True, remove_unused_columns=False)
     template = training_chat_template(processor)
     original = processor.chat_template
+    progress = progress and procs.is_main_process
     bar = progress_bar(range(start, steps), progress, desc="SFT", initial=start, total=steps)
     logger = _CheckpointAndLog(out_dir, start, steps, checkpoint_every, rng_state, callbacks, bar if progress else None)
     try:
@@ -179,4 +220,5 @@ def train_with_trl(model, processor, dataset: DialogueDataset, steps: int, batch
         model.eval()
         if progress:
             bar.close()
+    procs.wait_for_everyone()
     return read_log(out_dir)
