@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file
 
@@ -81,6 +82,39 @@ def test_launched_sft_checkpoints_once_and_resumes_after_a_kill(tiny_path, data_
     assert max(float((full[k] - resumed[k]).abs().max()) for k in full) < 1e-6
     rows = [json.loads(x) for x in (ckpts / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(r["rank_param_diff"] == 0.0 for r in rows)
+
+
+def test_two_process_grpo_matches_one_over_the_same_prompts(tiny_path, tmp_path):
+    """Scripted completions (TRL's tool loop, crop, rewards, advantages and loss run for real) and plain SGD:
+    each process scores whole groups, advantages are gathered, so two processes must give one process's update."""
+    driver = [str(HERE / "multiprocess_grpo_driver.py"), str(tiny_path)]
+    _run([sys.executable, *driver, str(tmp_path / "one"), "2"], tmp_path)
+    _run([*ACCELERATE, *driver, str(tmp_path / "two"), "2"], tmp_path)
+    one, two = _adapter(tmp_path / "one" / "adapter"), _adapter(tmp_path / "two" / "adapter")
+    moved = max(float(v.abs().max()) for k, v in one.items() if "lora_B" in k)
+    assert moved > 1e-4 and max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-6
+    sync1, sync2 = (json.loads((tmp_path / d / "sync.json").read_text()) for d in ("one", "two"))
+    assert sync2["rank_param_diff"] == [0.0, 0.0]
+    # the first process holds the first of the step's two groups: its advantages are one process's first group
+    np.testing.assert_allclose(sync2["advantages"], sync1["advantages"][:1], atol=1e-9)
+
+
+def test_launched_grpo_through_trl_samples_on_two_processes(tiny_path, data_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(data_dir, run / "data")
+    common = [*ACCELERATE, "-m", "zoomdx_lib.train.launch", "--profile", "smoke", "--run-dir", str(run),
+              "--set", f"model__path={tiny_path}", "--set", "sft__engine=trl", "--set", "sft__lora_steps=2",
+              "--set", "sft__batch_size=4"]
+    _run([*common, "--stage", "sft"], tmp_path)
+    out = _run([*common, "--stage", "grpo", "--set", "grpo__engine=trl", "--set", "grpo__steps=2",
+                "--set", "grpo__prompts_per_step=2", "--set", "grpo__checkpoint_every=1"], tmp_path)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["processes"] == 2 and summary["steps"] == 2
+    ckpts = run / "checkpoints" / summary["name"]
+    rows = [json.loads(x) for x in (ckpts / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["rank_param_diff"] == 0.0 for r in rows)
+    assert json.loads((ckpts / "latest.json").read_text())["step"] == 2
+    assert (Path(summary["adapter"]) / "adapter_model.safetensors").exists()
 
 
 def test_explicit_engine_refuses_several_processes(tiny_path, data_dir, tmp_path):

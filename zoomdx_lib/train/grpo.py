@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
+from accelerate import PartialState
 from peft import PeftModel
 
 from ..config import PAPER, GRPOConfig, PaperHyperParams, Profile, RolloutConfig
@@ -228,6 +229,10 @@ def run_grpo(profile: Profile, run_dir, variant: str, estimator: str, sft_base: 
         raise ValueError(f"unknown GRPO variant {variant!r}; choose one of {VARIANTS}")
     run_dir, t0 = Path(run_dir), time.perf_counter()
     name = name or run_name(variant, estimator)
+    procs = PartialState(cpu=not str(profile.device).startswith("cuda"))   # one process, or `accelerate launch`
+    if procs.num_processes > 1 and profile.grpo.engine != "trl":
+        raise ValueError(f"GRPO over {procs.num_processes} processes needs grpo.engine='trl' (the explicit step "
+                         f"runs in one process); got {profile.grpo.engine!r}")
     model, processor = load_model_and_processor(sft_base, device=profile.device, **profile.model.pixel_bounds,
                                                 gradient_checkpointing=profile.model.gradient_checkpointing)
     model = PeftModel.from_pretrained(model, sft_adapter, is_trainable=True)
@@ -240,7 +245,9 @@ def run_grpo(profile: Profile, run_dir, variant: str, estimator: str, sft_base: 
         log = train_grpo(model, processor, items, cfg, run_dir / "checkpoints" / name, variant, profile.rollout,
                          profile.hp, profile.seed, resume, progress)
     adapter = run_dir / "models" / name
-    model.save_pretrained(adapter, safe_serialization=True)
+    if procs.is_main_process:
+        model.save_pretrained(adapter, safe_serialization=True)
+    procs.wait_for_everyone()
     return dict(name=name, base=str(sft_base), adapter=str(adapter), log=log, seconds=time.perf_counter() - t0,
                 time_generation_s=sum(r["time_generation_s"] for r in log),
                 time_update_s=sum(r["time_update_s"] for r in log))

@@ -97,6 +97,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from accelerate import PartialState
 from PIL import Image
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig as TRLGRPOConfig
@@ -124,7 +125,7 @@ from ..rl.rollout import Trajectory
 from ..rl.zoom import zoom
 from .checkpoints import latest_checkpoint, save_checkpoint
 from .loop import LOG_NAME, cut_log, read_log, resume_latest
-from .sft_trainer import loop_draws
+from .sft_trainer import loop_draws, rank_param_diff
 
 __all__ = ["ZOOM_RESPONSE_TEMPLATE", "ZoomEnvironment", "ZoomGRPOTrainer", "ZoomRewards", "build_trainer",
            "environment_factory", "prompt_dataset", "tool_chat_template", "tool_rendering", "train_grpo_trl"]
@@ -571,12 +572,16 @@ class _LogAndCheckpoint(TrainerCallback):
         self.out_dir, self.start, self.steps, self.every = out_dir, start, steps, every
         self.rng_state, self.callbacks, self.bar, self.trainer = rng_state, callbacks, bar, None
         self.t0 = time.perf_counter()
+        self.rank_diff = 0.0
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.rng_state is not None:   # a resumed run continues the checkpoint's RNG from its first step on
             torch.set_rng_state(self.rng_state)
             self.rng_state = None
         self.t0 = time.perf_counter()
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.rank_diff = rank_param_diff(model)   # every process calls it (it all-gathers)
 
     def on_log(self, args, state, control, logs=None, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if not logs or "loss" not in logs or self.trainer.zoom_row is None:
@@ -590,6 +595,8 @@ class _LogAndCheckpoint(TrainerCallback):
                    kl=float(logs.get("kl") or 0.0),
                    time_update_s=max(0.0, time.perf_counter() - self.t0 - row["time_generation_s"]))
         row = {"step": step, **row}
+        if args.world_size > 1:
+            row["rank_param_diff"] = self.rank_diff
         append_jsonl(self.out_dir / LOG_NAME, row)
         if self.bar is not None:
             self.bar.update(1)
@@ -618,7 +625,12 @@ def train_grpo_trl(model, processor, train_items: Sequence[tuple], cfg: GRPOConf
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     ckpt = latest_checkpoint(out_dir) if resume else None
     start = json.loads((ckpt / "trainer_state.json").read_text())["step"] if ckpt is not None else 0
-    rows = cut_log(out_dir, start)
+    procs = PartialState(cpu=not str(device).startswith("cuda"))
+    if procs.is_main_process:
+        cut_log(out_dir, start)
+    procs.wait_for_everyone()
+    rows = read_log(out_dir)
+    progress = progress and procs.is_main_process
     if start >= cfg.steps:
         resume_latest(out_dir, model, opt, sched)   # the finished run's adapter, for the caller to save
         return rows
@@ -650,4 +662,5 @@ def train_grpo_trl(model, processor, train_items: Sequence[tuple], cfg: GRPOConf
         model.eval()
         if progress:
             bar.close()
+    procs.wait_for_everyone()
     return read_log(out_dir)
