@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -52,6 +53,8 @@ run = setup("03_grpo_uncertainty_alignment", profile, run_dir, seed, **overrides
 prof = run.profile
 sft = run.models("02_sft_zoom_then_diagnose")["zoom_sft"]
 print("starting from", sft.adapter)
+print(f"GRPO engine: {prof.grpo.engine}"   # "explicit": the workbook's step; "trl": TRL's GRPOTrainer (same update)
+      + (" with vLLM generation" if prof.grpo.engine == "trl" and prof.grpo.use_vllm else ""))
 
 # %%
 variants = [("accuracy_only", "group"), ("uncertainty", estimator)]
@@ -92,5 +95,6 @@ table = pd.DataFrame(greedy_table(results, [m.name for m in methods], list(datas
 display(table[["method", "dataset", "acc", "acc_low", "acc_high", "miou_c1", "tool_call_valid", "answer_valid"]].round(3))
 
 # %%
-run.write_metrics(dict(profile=prof.name, seed=seed, estimator=estimator, end_values=end_values,
+run.write_metrics(dict(profile=prof.name, seed=seed, estimator=estimator, engine=prof.grpo.engine,
+                       end_values=end_values,
                        greedy=table.to_dict(orient="records"), models=run.registry(rl_methods)))

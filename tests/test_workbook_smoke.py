@@ -43,6 +43,7 @@ def test_every_notebook_ran_and_wrote_metrics(smoke_run):
     assert m01["speckle_grain"]["synthetic breast"]["n"] > 0
     m03 = read_metrics(run, "03_grpo_uncertainty_alignment")
     assert {"grpo_accuracy_only", "grpo_uncertainty_credit", "grpo_uncertainty_group"} <= set(m03["models"])
+    assert m03["engine"] == "explicit"
     phases = json.loads((run / "phases.json").read_text())
     for name in m03["models"]:  # generation and update times are in phases.json, not in the metrics
         assert phases["03_grpo_uncertainty_alignment"][f"{name}_generation"] > 0

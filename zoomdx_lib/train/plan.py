@@ -117,7 +117,21 @@ def memory_plan(profile: Profile, config: Qwen2_5_VLConfig, gpu_gib: float = 80.
                  grpo_activations_per_micro_batch=gib(grpo_act + grpo_logits), grpo_kv_cache=gib(kv),
                  sft_activations_per_batch=gib(sft_act + sft_logits), grpo_total=gib(grpo_total),
                  sft_total=gib(sft_total)),
-        gpu_gib=gpu_gib, fits=bool(max(grpo_total, sft_total) / GIB <= gpu_gib))
+        gpu_gib=gpu_gib, fits=bool(max(grpo_total, sft_total) / GIB <= gpu_gib),
+        launch={n: launch_config(max(grpo_total, sft_total) / GIB <= gpu_gib, n) for n in (1, 8)})
+
+
+def launch_config(fits: bool, n_gpus: int) -> str:
+    """The shipped accelerate config for `n_gpus` (1 or 8): data parallel when one GPU holds the model and its
+    LoRA training state (`fits`), DeepSpeed ZeRO-3 (with CPU offload on one GPU) when it does not.
+
+    >>> launch_config(True, 8), launch_config(False, 1)
+    ('configs/accelerate/8gpu_ddp.yaml', 'configs/accelerate/1gpu_zero3_offload.yaml')
+    """
+    if n_gpus not in (1, 8):
+        raise ValueError(f"configs are shipped for 1 and 8 GPUs, not {n_gpus}; copy the nearest and set num_processes")
+    name = {(True, 1): "1gpu", (True, 8): "8gpu_ddp", (False, 1): "1gpu_zero3_offload", (False, 8): "8gpu_zero3"}
+    return f"configs/accelerate/{name[fits, n_gpus]}.yaml"
 
 
 def load_config(model: Optional[str] = None, config: Optional[str] = None) -> Qwen2_5_VLConfig:
