@@ -14,6 +14,7 @@ from zoomdx_lib.workbook.runner import run_chain
 PAPER = get_profile("paper")
 # Sizes and step counts only: the paper's pixel bounds, image size, LoRA, estimators and hyper-parameters stay.
 SMALL = dict(device="cpu", data__n_train_per_organ=4, data__n_test_per_organ=2, data__n_real_test=2,
+             data__readability_cases=[12, 8],
              rollout__max_new_tokens=[24, 24], sft__lora_steps=2, sft__batch_size=2, sft__checkpoint_every=1,
              grpo__steps=1, grpo__prompts_per_step=1, grpo__micro_batch=4, eval__rollouts=2, eval__batch_size=4,
              eval__bootstrap_samples=20)
@@ -50,6 +51,9 @@ def test_paper_profile_runs_end_to_end_on_cpu(paper_shaped, tmp_path):
     assert json.loads((run / "checkpoints" / "sft_zoom_lora" / "latest.json").read_text())["step"] == 2
     m03 = read_metrics(run, "03_grpo_uncertainty_alignment")
     assert {"grpo_accuracy_only", "grpo_uncertainty_credit", "grpo_uncertainty_group"} <= set(m03["models"])
+    assert m03["engine"] == "trl"                                     # the paper profile trains GRPO through TRL
+    log = (run / "checkpoints" / "grpo_uncertainty_credit" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in log] == list(range(1, SMALL["grpo__steps"] + 1))
     m04 = read_metrics(run, "04_calibration_analysis")
     assert "oracle_crop" in m04["methods"] and m04["numbers"]
     assert (run / "tables" / "table1.md").exists() and (run / "tables" / "table2.md").exists()
