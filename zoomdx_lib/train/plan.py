@@ -121,6 +121,36 @@ def memory_plan(profile: Profile, config: Qwen2_5_VLConfig, gpu_gib: float = 80.
         launch={n: launch_config(max(grpo_total, sft_total) / GIB <= gpu_gib, n) for n in (1, 8)})
 
 
+def time_plan(profile: Profile, config: Qwen2_5_VLConfig, n_gpus: int = 1, tflops: float = 989.0,
+              mfu: float = 0.35, hbm_tb_s: float = 3.35) -> dict:
+    """Rough seconds per SFT and per GRPO step on `n_gpus` data-parallel GPUs (defaults: H100 SXM bf16 dense
+    989 TFLOP/s at `mfu` model-FLOP utilisation, 3.35 TB/s of HBM).
+
+    Compute: 2 FLOPs per parameter and token forward, and as much again backward for the activation
+    gradients (frozen weights need no weight gradients; LoRA's are negligible), 1.33x more with
+    activation checkpointing (the forward runs twice). GRPO adds a no-graph forward for the old
+    log-probabilities. Generation is bandwidth bound: every decoding step reads all weights once, for
+    each of the turns' tokens in sequence. An estimate to plan a budget with, not a measurement.
+
+    >>> from zoomdx_lib.config import get_profile
+    >>> t = time_plan(get_profile("paper"), load_config(), n_gpus=8)
+    >>> t["grpo_step_s"] < time_plan(get_profile("paper"), load_config(), n_gpus=1)["grpo_step_s"]
+    True
+    """
+    s, seq = model_sizes(config, profile.hp.lora_rank), sequence_tokens(profile)
+    rate = tflops * 1e12 * mfu
+    recompute = 4 / 3 if profile.model.gradient_checkpointing else 1.0
+    train_flops = lambda tokens: 4 * s.params * tokens * recompute  # noqa: E731
+    G, P = profile.hp.group_size, profile.grpo.prompts_per_step
+    sft = train_flops(seq["sft_example"] * profile.sft.batch_size) / n_gpus / rate
+    grpo_tokens = seq["trajectory"] * P * G / n_gpus
+    update = (train_flops(grpo_tokens) + 2 * s.params * grpo_tokens) / rate
+    generation = seq["generated"] * (2 * s.params) / (hbm_tb_s * 1e12)
+    return dict(n_gpus=n_gpus, sft_step_s=round(sft, 2), grpo_update_s=round(update, 2),
+                grpo_generation_s=round(generation, 2), grpo_step_s=round(update + generation, 2),
+                assumptions=dict(tflops=tflops, mfu=mfu, hbm_tb_s=hbm_tb_s))
+
+
 def launch_config(fits: bool, n_gpus: int) -> str:
     """The shipped accelerate config for `n_gpus` (1 or 8): data parallel when one GPU holds the model and its
     LoRA training state (`fits`), DeepSpeed ZeRO-3 (with CPU offload on one GPU) when it does not.
@@ -152,7 +182,10 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-gib", type=float, default=80.0)
     ap.add_argument("--set", action="append", default=[], metavar="STAGE__FIELD=VALUE")
     args = ap.parse_args(argv)
-    plan = memory_plan(get_profile(args.profile, **parse_key_values(args.set)), load_config(args.model, args.config), args.gpu_gib)
+    prof, config = get_profile(args.profile, **parse_key_values(args.set)), load_config(args.model, args.config)
+    plan = memory_plan(prof, config, args.gpu_gib)
+    if prof.device.startswith("cuda"):
+        plan["seconds"] = {n: time_plan(prof, config, n) for n in (1, 8)}
     print(json.dumps(plan, indent=1))
     return 0
 
