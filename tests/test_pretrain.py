@@ -65,6 +65,21 @@ def test_encoded_case_supervises_both_turns_and_the_full_view_tokens(tiny_run, t
     assert float(ex.inside.sum()) * 28 * 28 == pytest.approx((x2 - x1) * (y2 - y1), rel=1e-4)
 
 
+def test_rationale_cases_are_written_like_the_sft_data(tiny_run):
+    from zoomdx_lib.data.dialogue import build_dialogue
+    cfg, out, _ = tiny_run
+    _, processor = load_model_and_processor(out / "straight" / "model", min_pixels=cfg.min_pixels,
+                                            max_pixels=cfg.max_pixels)
+    sample, image = stream_case(cfg, 11)
+    plain, rich = (encode_case(sample, image, processor, cfg.crop_pixels, rationale=r) for r in (False, True))
+    text = processor.tokenizer.decode([t for t, m in zip(rich.example.ids, rich.example.mask) if m])
+    msize = model_input_size(image.width, image.height, cfg.min_pixels, cfg.max_pixels)
+    dialogue = build_dialogue(sample, msize)
+    assert dialogue.search in text and dialogue.diagnosis in text and "Focus on the lesion." not in text
+    assert torch.equal(plain.inside, rich.inside)            # same box, same dense targets
+    assert sum(rich.example.mask) > sum(plain.example.mask)
+
+
 def test_export_is_a_stock_model_and_checkpoints_keep_the_heads(tiny_run):
     cfg, out, result = tiny_run
     exported = load_file(str(out / "straight" / "model" / "model.safetensors"))

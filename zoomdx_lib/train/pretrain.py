@@ -27,6 +27,7 @@ exactly after a kill.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -41,7 +42,7 @@ from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from .. import protocol as P
-from ..data.dialogue import question_for
+from ..data.dialogue import build_dialogue, question_for
 from ..data.synth import generate_samples
 from ..geometry import model_input_size, processor_pixel_bounds
 from ..io import append_jsonl, atomic_write_json, read_jsonl
@@ -75,6 +76,7 @@ class PretrainConfig:
     aux: tuple[str, ...] = AUX_LOSSES
     aux_weights: dict = field(default_factory=lambda: dict(mask=1.0, pos=1.0, attn=0.5))
     attn_head: int = 0                 # the head of each layer the attention loss guides
+    rationales: float = 0.0            # share of cases whose turns carry the SFT data's rationales (else a fixed one)
     seed: int = 0                      # model init, stream and sampler
     init_from: Optional[str] = None    # a pretraining checkpoint (with its heads) to continue from, fresh schedule
     checkpoint_every: int = 100
@@ -101,6 +103,16 @@ def stream_case(cfg: PretrainConfig, index: int):
                                           split="pretrain", start=index // len(cfg.organs)))
     sample.question = question_for(sample.attribute, f"pretrain:{cfg.seed}:{index}")
     return sample, image.convert("RGB")
+
+
+def with_rationale(cfg: PretrainConfig, index: int) -> bool:
+    """Whether case `index` of the stream is written with the SFT data's rationales (a pure function of the index).
+
+    >>> cfg = PretrainConfig(rationales=0.5)
+    >>> 0.45 < sum(with_rationale(cfg, i) for i in range(2000)) / 2000 < 0.55
+    True
+    """
+    return cfg.rationales > 0 and (zlib.crc32(f"rationale|{cfg.seed}|{index}".encode()) % 10000) < cfg.rationales * 10000
 
 
 @dataclass
@@ -132,15 +144,23 @@ def dense_targets(box_model: Sequence[float], grid_hw: tuple[int, int]) -> tuple
             torch.tensor(pos, dtype=torch.float32))
 
 
-def encode_case(sample, image, processor, crop_pixels: int) -> PretrainExample:
-    """The true-box dialogue of one case, encoded, with the crop the zoom tool itself cuts."""
+def encode_case(sample, image, processor, crop_pixels: int, rationale: bool = False) -> PretrainExample:
+    """The true-box dialogue of one case, encoded, with the crop the zoom tool itself cuts.
+
+    `rationale` writes both turns as the SFT data does (:func:`zoomdx_lib.data.dialogue.build_dialogue`:
+    a search rationale before the call, a diagnostic one before the answer), so the base also learns the
+    words SFT uses; LoRA never trains the embeddings, so words the base never saw stay unreadable after SFT.
+    Otherwise turn 1 is ``<think>Focus on the lesion.</think>`` + the call and turn 2 the bare answer."""
     lo, hi = processor_pixel_bounds(processor)
     msize = model_input_size(image.width, image.height, lo, hi)
-    turn1 = oracle_turn1(sample, image, processor)
+    if rationale:
+        dialogue = build_dialogue(dataclasses.replace(sample, image_size=image.size), msize)
+        turn1, turn2 = dialogue.turn1, dialogue.turn2
+    else:
+        turn1, turn2 = oracle_turn1(sample, image, processor), P.format_answer(sample.attribute, sample.label)
     call, crop = zoom(turn1, image, msize, crop_pixels, min_pixels=lo, max_pixels=hi)
     if not call.ok:   # the true box is always a valid call; anything else is a bug worth stopping for
         raise ValueError(f"case {sample.id}: the true box {sample.box} gave an invalid tool call ({call.error})")
-    turn2 = P.format_answer(sample.attribute, sample.label)
     text = chat.dialogue_text(processor, sample.question, turn1, turn2)
     ex = encode_conversation(processor, text, [image, crop], sample.id)
     grid = ex.images[0][1]
@@ -249,7 +269,8 @@ def pretrain(cfg: PretrainConfig, out_dir, resume: bool = True, progress: bool =
 
     def step(indices: list[int]) -> dict:
         t0 = time.perf_counter()
-        batch = [encode_case(*stream_case(cfg, i), processor, cfg.crop_pixels) for i in indices]
+        batch = [encode_case(*stream_case(cfg, i), processor, cfg.crop_pixels, rationale=with_rationale(cfg, i))
+                 for i in indices]
         loss, parts = pretrain_losses(model, batch, processor, cfg)
         opt.zero_grad()
         loss.backward()

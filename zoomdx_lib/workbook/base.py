@@ -121,6 +121,8 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--aux", default=",".join(AUX_LOSSES), help="auxiliary losses, comma-separated ('' for none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=PretrainConfig.warmup)
+    ap.add_argument("--rationales", type=float, default=0.0,
+                    help="share of cases written with the SFT data's rationales (teaches the base SFT's words)")
     ap.add_argument("--init-from", default=None,
                     help="continue from this pretraining checkpoint (e.g. runs/base/checkpoint-002000) with a new "
                          "optimizer and schedule; use another --seed so the stream brings new cases")
@@ -131,7 +133,7 @@ def main(argv: Optional[list] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         warmup=args.warmup, init_from=args.init_from, aux=tuple(a for a in args.aux.split(",") if a))
+                         warmup=args.warmup, init_from=args.init_from, rationales=args.rationales, aux=tuple(a for a in args.aux.split(",") if a))
     result = pretrain(cfg, args.out, evaluate=held_out_eval(cfg), eval_every=args.eval_every)
     last = result["evals"][-1] if result["evals"] else {}
     print(json.dumps({"model": result["model"], "held_out_miou": last.get("miou"), "held_out_acc": last.get("acc")}))
