@@ -164,3 +164,17 @@ def test_pair_check_notices_an_edit(tmp_path):
     nb.cells[-1].source += "\nprint('edited in JupyterLab only')"
     jupytext.write(nb, ipynb)
     assert pair_differences(py) == [f"cell {len(nb.cells)}: {ipynb.name} differs from {py.name}"]
+
+
+def test_thread_count_comes_from_the_environment(monkeypatch):
+    import torch
+    from zoomdx_lib.workbook.rundir import torch_threads
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("ZOOMDX_THREADS", "1")
+        assert torch_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("ZOOMDX_THREADS", "two")
+        with pytest.raises(ValueError, match="positive whole number"):
+            torch_threads()
+    finally:
+        torch.set_num_threads(before)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
+
+import torch
 
 from ..config import Profile, get_profile
 from ..eval.generate import Method
@@ -134,8 +137,28 @@ def setup(notebook: str, profile: str, run_dir, seed: int = 0, **overrides) -> R
     prof = get_profile(profile, seed=seed, **overrides)
     run = Run(notebook=notebook, profile=prof, dir=Path(run_dir).resolve())
     run.fig_dir.mkdir(parents=True, exist_ok=True)
-    print(f"profile={prof.name}  seed={prof.seed}  run_dir={run.dir}")
+    threads = torch_threads()
+    print(f"profile={prof.name}  seed={prof.seed}  run_dir={run.dir}  torch threads={threads}")
     return run
+
+
+THREADS_ENV = "ZOOMDX_THREADS"
+
+
+def torch_threads() -> int:
+    """Apply ``$ZOOMDX_THREADS`` (when set) to torch and return the thread count in use.
+
+    Measured on 2 cores (`benchmarks/bench_threads.py`): with the machine to itself two threads run SFT
+    steps + rollouts in 0.76x the time of one; with one other busy process two threads take 2.1x as long
+    (they wait on each other). So the default stays torch's (all cores); set ``ZOOMDX_THREADS=1`` on a
+    machine you share.
+    """
+    value = os.environ.get(THREADS_ENV)
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{THREADS_ENV}={value!r}: expected a positive whole number of threads")
+        torch.set_num_threads(int(value))
+    return torch.get_num_threads()
 
 
 def evaluation_methods(run: Run, extra_checkpoints: Optional[dict] = None) -> list[Method]:
