@@ -1,5 +1,8 @@
 """Pretraining the offline tiny Qwen2.5-VL to find lesions and read them (the shipped base).
 
+Long because the stage is one piece: its stream of cases, the dialogue each case becomes, the dense
+targets, the auxiliary heads and losses, and the resumable loop all share one config.
+
 Text loss alone never makes the tiny model look: its box stays near the mean box (see the README's
 "base" section). This stage trains every weight from scratch on a stream of freshly generated
 liver and breast cases (never a test split's seed, never thyroid, never real data), each a complete
