@@ -22,7 +22,6 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from peft import PeftModel
 
 from ..config import PAPER, GRPOConfig, PaperHyperParams, Profile, RolloutConfig
@@ -33,7 +32,7 @@ from ..rl.advantages import compute_advantages
 from ..rl.rewards import VARIANTS, mode_and_kappa, score_group
 from ..rl.rollout import HFPolicy, Trajectory, rollout
 from .grpo_trl import train_grpo_trl
-from .loop import LoopConfig, run_loop
+from .loop import LoopConfig, processes, run_loop
 
 __all__ = ["GRPOConfig", "RolloutConfig", "VARIANTS", "grpo_step", "train_grpo", "run_grpo", "sequence_logprobs",
            "log_end_values", "LOG_KEYS", "RESULT_KEYS"]
@@ -229,7 +228,7 @@ def run_grpo(profile: Profile, run_dir, variant: str, estimator: str, sft_base: 
         raise ValueError(f"unknown GRPO variant {variant!r}; choose one of {VARIANTS}")
     run_dir, t0 = Path(run_dir), time.perf_counter()
     name = name or run_name(variant, estimator)
-    procs = PartialState(cpu=not str(profile.device).startswith("cuda"))   # one process, or `accelerate launch`
+    procs = processes(profile.device)   # one process, or `accelerate launch`
     if procs.num_processes > 1 and profile.grpo.engine != "trl":
         raise ValueError(f"GRPO over {procs.num_processes} processes needs grpo.engine='trl' (the explicit step "
                          f"runs in one process); got {profile.grpo.engine!r}")

@@ -87,7 +87,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -97,7 +96,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from accelerate import PartialState
 from PIL import Image
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig as TRLGRPOConfig
@@ -124,7 +122,7 @@ from ..rl.rewards import mode_and_kappa, score_group
 from ..rl.rollout import Trajectory
 from ..rl.zoom import zoom
 from .checkpoints import latest_checkpoint, save_checkpoint
-from .loop import LOG_NAME, cut_log, read_log, resume_latest
+from .loop import LOG_NAME, cut_log, processes, read_log, resume_latest
 from .sft_trainer import loop_draws, rank_param_diff
 
 __all__ = ["ZOOM_RESPONSE_TEMPLATE", "ZoomEnvironment", "ZoomGRPOTrainer", "ZoomRewards", "build_trainer",
@@ -518,7 +516,7 @@ def build_trainer(model, processor, items: Sequence[tuple], cfg: GRPOConfig, out
         model = get_peft_model(model, lora_config(hp.lora_rank, hp.lora_alpha, hp.lora_dropout))
     G, P = hp.group_size, cfg.prompts_per_step
     steps = cfg.steps if steps is None else steps
-    n_proc = int(os.environ.get("WORLD_SIZE", "1"))   # set by torchrun / accelerate launch
+    n_proc = processes(device).num_processes
     if P % n_proc:
         raise ValueError(f"prompts_per_step={P} does not split over {n_proc} processes: the group term needs all "
                          f"G={G} rollouts of a prompt on one process")
@@ -625,7 +623,7 @@ def train_grpo_trl(model, processor, train_items: Sequence[tuple], cfg: GRPOConf
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     ckpt = latest_checkpoint(out_dir) if resume else None
     start = json.loads((ckpt / "trainer_state.json").read_text())["step"] if ckpt is not None else 0
-    procs = PartialState(cpu=not str(device).startswith("cuda"))
+    procs = processes(device)
     if procs.is_main_process:
         cut_log(out_dir, start)
     procs.wait_for_everyone()

@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from accelerate import PartialState
 
 from ..config import get_profile, parse_key_values
 from ..data.store import build_synthetic_splits
 from .grpo import run_grpo
+from .loop import processes
 from .sft import run_sft
 
 STAGES = ("data", "sft", "grpo")
@@ -42,7 +42,7 @@ def main(argv: Optional[list] = None) -> int:
     args = ap.parse_args(argv)
     prof = get_profile(args.profile, **parse_key_values(args.set))
     run_dir = Path(args.run_dir)
-    procs = PartialState(cpu=not str(prof.device).startswith("cuda"))
+    procs = processes(prof.device)
     if args.stage == "data":
         result = {}
         if procs.is_main_process:

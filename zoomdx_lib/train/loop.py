@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch
+from accelerate import PartialState
 
 from ..io import append_jsonl, progress, read_jsonl, write_jsonl
 from .checkpoints import latest_checkpoint, load_training_state, restore_weights, save_checkpoint
@@ -37,6 +38,12 @@ class LoopConfig:
     sampler_seed: int = 0
     torch_seed: Optional[int] = None
     desc: str = "train"
+
+
+def processes(device) -> PartialState:
+    """This run's processes: one, or every process `accelerate launch` started. Asking for the CPU state
+    when the run is not on CUDA is what makes accelerate join CPU processes over gloo."""
+    return PartialState(cpu=not str(device).startswith("cuda"))
 
 
 def read_log(out_dir) -> list[dict]:

@@ -17,7 +17,6 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from accelerate import PartialState
 from peft import get_peft_model
 from PIL import Image
 
@@ -28,7 +27,7 @@ from ..model import chat
 from ..model.build import build_tiny_checkpoint
 from ..model.load import load_model_and_processor, lora_config
 from ..protocol import ANSWER_RE, image_paths, single_turn_messages
-from .loop import LoopConfig, run_loop
+from .loop import LoopConfig, processes, run_loop
 from .sft_trainer import DialogueDataset, train_with_trl
 
 MODES = ("zoom", "single")
@@ -179,7 +178,7 @@ def run_sft(profile: Profile, run_dir, mode: str = "zoom", resume: bool = True, 
     """
     run_dir, t0 = Path(run_dir), time.perf_counter()
     models, cfg, hp = run_dir / "models", profile.sft, profile.hp
-    procs = PartialState(cpu=not str(profile.device).startswith("cuda"))   # one process, or `accelerate launch`
+    procs = processes(profile.device)   # one process, or `accelerate launch`
     if procs.num_processes > 1 and cfg.engine != "trl":
         raise ValueError(f"SFT over {procs.num_processes} processes needs sft.engine='trl' (the explicit loop "
                          f"runs in one process); got {cfg.engine!r}")

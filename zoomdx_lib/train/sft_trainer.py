@@ -38,7 +38,6 @@ from typing import Callable, Optional, Sequence
 
 import datasets
 import torch
-from accelerate import PartialState
 from PIL import Image
 from transformers import PrinterCallback, TrainerCallback
 from trl import SFTConfig as TRLSFTConfig
@@ -49,7 +48,7 @@ from ..io import progress as progress_bar
 from ..model.build import TINY_CHAT_TEMPLATE, TINY_TRAINING_CHAT_TEMPLATE
 from ..protocol import image_paths
 from .checkpoints import save_checkpoint
-from .loop import LOG_NAME, cut_log, read_log, resume_latest
+from .loop import LOG_NAME, cut_log, processes, read_log, resume_latest
 
 
 class DialogueDataset(torch.utils.data.Dataset):
@@ -180,7 +179,7 @@ def train_with_trl(model, processor, dataset: DialogueDataset, steps: int, batch
     """
     out_dir = Path(out_dir)
     on_gpu = str(device).startswith("cuda")
-    procs = PartialState(cpu=not on_gpu)
+    procs = processes(device)
     if batch_size % procs.num_processes:
         raise ValueError(f"SFT batch size {batch_size} (the global batch) is not divisible by the "
                          f"{procs.num_processes} processes")
