@@ -35,7 +35,8 @@
 # The heads are dropped at export: the base is a stock `Qwen2_5_VLForConditionalGeneration` folder,
 # shipped in `zoomdx_lib/base` with a model card and SHA-256 checksums. By default this notebook
 # *inspects the shipped base*; set `pretrain_steps` to train one here (`make base` trains the shipped
-# recipe: 2000 steps, about 75 min on 2 cores, resumable).
+# recipe in two stages: 2000 steps, then 1200 more on a new stream in which half the cases carry the SFT
+# data's rationales, about 2 h on 2 cores, resumable).
 
 # %% tags=["parameters"]
 profile = "smoke"          # smoke | cpu | paper

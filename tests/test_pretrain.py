@@ -123,6 +123,26 @@ def test_second_stage_starts_from_the_checkpoint_weights_and_heads(tiny_run):
     assert result["history"][0]["step"] == 1
 
 
+
+def test_model_card_of_a_second_stage_names_both_stages_and_adds_their_time(tiny_run, tmp_path):
+    from zoomdx_lib.workbook.base import earlier_stage, model_card, stage_curves
+    cfg, out, _ = tiny_run
+    first = out / "straight" / json.loads((out / "straight" / "latest.json").read_text())["path"]
+    stage2 = PretrainConfig(steps=1, batch_size=2, lr=5e-4, warmup=0, seed=5, rationales=0.5, init_from=str(first),
+                            tiny=_SMOKE_TINY)
+    pretrain(stage2, tmp_path / "stage2", progress=False, evaluate=lambda m, p: {"calls": 1}, eval_every=1)
+    history, evals = stage_curves(tmp_path / "stage2", stage2)
+    assert [(r["step"], r["stage"]) for r in history] == [(1, 1), (2, 1), (3, 1), (4, 1), (5, 2)]
+    assert [(r["step"], r["stage"]) for r in evals] == [(2, 1), (4, 1), (5, 2)]
+    prior, seconds = earlier_stage(stage2)
+    assert prior.steps == cfg.steps and prior.seed == cfg.seed and prior.rationales == 0.0 and seconds > 0
+    row = dict(seed=1, n=4, miou=0.5, miou_ci=[0.4, 0.6], mean_box_miou=0.1, acc=0.5, acc_ci=[0.2, 0.8],
+               majority_acc=0.25, tool_call_valid=1.0)
+    card = model_card(stage2, {"liver": row}, tmp_path / "stage2", seconds=3600.0)
+    assert f"in two stages: {cfg.steps} steps" in card and "then 1 steps" in card and "50% of cases" in card
+    assert f"{(3600.0 + seconds) / 3600:.2f} h" in card and "| liver" in card
+    assert earlier_stage(cfg) is None and "in two stages" not in model_card(cfg, {"liver": row}, out, None)
+
 def test_checksums_catch_a_changed_file(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"weights")
     (tmp_path / "b.json").write_text("{}")

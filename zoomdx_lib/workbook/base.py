@@ -60,25 +60,71 @@ def card_numbers(model_dir, cfg: PretrainConfig, n: int = 64) -> dict:
     return out
 
 
+def earlier_stage(cfg: PretrainConfig) -> Optional[tuple[PretrainConfig, float]]:
+    """The config and training seconds of the run `cfg.init_from` continues (None for a first stage)."""
+    if not cfg.init_from:
+        return None
+    run = Path(cfg.init_from).parent
+    raw = json.loads((run / "pretrain_config.json").read_text())
+    known = {f.name for f in dataclasses.fields(PretrainConfig)}
+    first = PretrainConfig(**{k: (tuple(v) if k in ("organs", "aux") else v) for k, v in raw.items() if k in known})
+    return first, sum(r.get("seconds", 0.0) for r in read_log(run))
+
+
+def stage_curves(run_dir, cfg: PretrainConfig) -> tuple[list[dict], list[dict]]:
+    """(history, held-out rows) of the run, preceded by those of the stage it continues; a second stage's
+    steps are counted on from the first's last step and every row says its `stage` (1 or 2)."""
+    history, evals = read_log(run_dir), read_evals(run_dir)
+    if not cfg.init_from:
+        return history, evals
+    first, _ = earlier_stage(cfg)
+    run1 = Path(cfg.init_from).parent
+    done = int(Path(cfg.init_from).name.rsplit("-", 1)[-1])        # checkpoint-002000 -> 2000
+    h1 = [dict(r, stage=1) for r in read_log(run1) if r["step"] <= done]
+    e1 = [dict(r, stage=1) for r in read_evals(run1) if r["step"] <= done]
+    shift = lambda rows: [dict(r, step=r["step"] + done, stage=2) for r in rows]   # noqa: E731
+    return h1 + shift(history), e1 + shift(evals)
+
+
+def _turns(cfg: PretrainConfig) -> str:
+    fixed = ("turn 1 `<think>Focus on the lesion.</think>` + the tool call, the zoom tool's crop of that box, turn 2 "
+             "the answer JSON")
+    if not cfg.rationales:
+        return fixed + " (no rationale)"
+    return (f"{cfg.rationales:.0%} of cases written exactly as the SFT data writes them (a search rationale before the "
+            f"call, a diagnostic rationale before the answer: LoRA never trains the embeddings, so SFT's words must "
+            f"be known to the base), the rest with {fixed}")
+
+
 def model_card(cfg: PretrainConfig, numbers: dict, run_dir, seconds: Optional[float]) -> str:
-    """The shipped base's MODEL_CARD.md."""
+    """The shipped base's MODEL_CARD.md (both stages when `cfg` continues an earlier run)."""
     rows = "\n".join(
         f"| {o} {'(zero-shot organ)' if o not in cfg.organs else ''} | {r['seed']} | {r['n']} | "
         f"{r['miou']:.3f} [{r['miou_ci'][0]:.3f}, {r['miou_ci'][1]:.3f}] | {r['mean_box_miou']:.3f} | "
         f"{r['acc']:.3f} [{r['acc_ci'][0]:.3f}, {r['acc_ci'][1]:.3f}] | {r['majority_acc']:.3f} | "
         f"{r['tool_call_valid']:.2f} |" for o, r in numbers.items())
+    stage1 = earlier_stage(cfg)
+    if stage1:
+        first, first_s = stage1
+        seconds = (seconds or 0.0) + first_s
+        recipe = (f"in two stages: {first.steps} steps of batch {first.batch_size} (lr {first.lr}, cosine, "
+                  f"{first.warmup} warm-up steps, stream seed {first.seed}; data: {_turns(first)}), then {cfg.steps} "
+                  f"steps of batch {cfg.batch_size} from its last checkpoint (lr {cfg.lr}, a fresh cosine schedule, "
+                  f"{cfg.warmup} warm-up steps, stream seed {cfg.seed}; data: {_turns(cfg)})")
+    else:
+        recipe = (f"for {cfg.steps} steps of batch {cfg.batch_size} (lr {cfg.lr}, cosine, {cfg.warmup} warm-up "
+                  f"steps; data: {_turns(cfg)})")
     hours = f"{seconds / 3600:.2f} h" if seconds else "see log.jsonl"
     return f"""# ZoomDx tiny base (Qwen2.5-VL architecture, trained from scratch)
 
 A stock `Qwen2_5_VLForConditionalGeneration` ({cfg.tiny}) pretrained offline by
-`python -m zoomdx_lib.workbook.base` (module `zoomdx_lib.train.pretrain`) for {cfg.steps} steps of
-batch {cfg.batch_size} (lr {cfg.lr}, cosine, {cfg.warmup} warm-up steps), {hours} on 2 CPU cores.
+`python -m zoomdx_lib.workbook.base` (module `zoomdx_lib.train.pretrain`) {recipe}; {hours} of
+training steps on 2 CPU cores.
 
 **Data**: a stream of freshly generated synthetic {' and '.join(cfg.organs)} cases, {cfg.image_size} px,
-generator seeds `zoomdx_lib.train.pretrain.stream_seed({cfg.seed}, organ)` (never a data split's seed,
-never thyroid, never real images). Each case is a complete Zoom-then-Diagnose dialogue with the true
-box: turn 1 `<think>Focus on the lesion.</think>` + the tool call, the zoom tool's crop of that
-box, turn 2 the answer JSON (no rationale: SFT teaches the paper's format).
+generator seeds `zoomdx_lib.train.pretrain.stream_seed(SEED, organ)` with each stage's stream seed (never
+a data split's seed, never thyroid, never real images). Each case is a complete Zoom-then-Diagnose
+dialogue with the true box and the zoom tool's crop of it.
 
 **Losses**: cross-entropy on both assistant turns + auxiliary {', '.join(cfg.aux) or 'none'}
 (weights {cfg.aux_weights}); the auxiliary heads are dropped at export.
@@ -100,14 +146,14 @@ def ship(run_dir, cfg: PretrainConfig, dest: Path = SHIPPED_BASE, n: int = 64) -
     """Copy the run's exported model into `dest` with its card and checksums; returns the card numbers."""
     src = Path(run_dir) / "model"
     numbers = card_numbers(src, cfg, n)
-    history = read_log(run_dir)
-    seconds = sum(r.get("seconds", 0.0) for r in history) or None
+    seconds = sum(r.get("seconds", 0.0) for r in read_log(run_dir)) or None
+    history, curves = stage_curves(run_dir, cfg)
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(src, dest)
     (dest / "MODEL_CARD.md").write_text(model_card(cfg, numbers, run_dir, seconds))
     atomic_write_json(dest / "card.json", dict(config=dataclasses.asdict(cfg), held_out=numbers,
-                                               curves=read_evals(run_dir), history=history[::5]))
+                                               curves=curves, history=history[::5]))
     write_checksums(dest)
     return numbers
 

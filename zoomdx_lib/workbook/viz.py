@@ -258,7 +258,8 @@ def grpo_curves(logs: dict, smooth: Optional[int] = None, save_path=None) -> Fig
 def pretrain_curves(history: Sequence[dict], evals: Sequence[dict], smooth: Optional[int] = None,
                     save_path=None) -> Figure:
     """Pretraining: each loss vs step (trailing mean over `smooth` steps, default 5 % of the run) and the
-    held-out box mIoU and answer accuracy per organ, with the mean-box and majority levels dashed."""
+    held-out box mIoU and answer accuracy per organ, with the mean-box and majority levels dashed; a dotted
+    line marks where rows with a `stage` key change stage."""
     fig, axes = _figure(1, 3, (15, 3.8))
     steps = np.array([r["step"] for r in history], float)
     w = smooth or max(1, len(history) // 20)
@@ -275,6 +276,10 @@ def pretrain_curves(history: Sequence[dict], evals: Sequence[dict], smooth: Opti
             ax.plot(at, [r[organ][key] for r in evals], "o-", color=f"C{n}", lw=1.2, label=organ)
             ax.fill_between(at, lo, hi, color=f"C{n}", alpha=0.15)
             ax.plot(at, [r[organ][base] for r in evals], "--", color=f"C{n}", lw=1.0)
+    starts = [r["step"] for a, r in zip(history, history[1:]) if r.get("stage", 1) != a.get("stage", 1)]
+    for ax in axes.flat:                 # where a second stage (new stream, new schedule) begins
+        for x in starts:
+            ax.axvline(x, color="0.5", ls=":", lw=1.0)
     axes[0, 1].set_title("held-out box mIoU (dashed: mean box)", fontsize=9)
     axes[0, 2].set_title("held-out accuracy from the true crop (dashed: majority)", fontsize=9)
     for ax in axes.flat:
