@@ -430,3 +430,27 @@ def readability_plot(rows: Sequence[dict], save_path=None) -> Figure:
     ax.set_ylabel("test accuracy")
     ax.legend(fontsize=8, loc="upper right")
     return _finish(fig, save_path)
+
+
+def claims_forest(rows: Sequence[dict], save_path=None) -> Figure:
+    """The paper's claims as paired differences (better − worse) with 95 % intervals, one panel per metric,
+    green when supported, red when contradicted, grey otherwise (rows from
+    :func:`zoomdx_lib.eval.claims.paper_claims`; unmeasured rows are left out)."""
+    rows = [r for r in rows if r["verdict"] != "not measured"]
+    metrics = list(dict.fromkeys(r["metric"] for r in rows)) or ["acc"]
+    colour = {"supported": "tab:green", "contradicted": "tab:red"}
+    fig, axes = _figure(1, len(metrics), (4.2 * len(metrics), 0.32 * max(4, max(
+        (sum(r["metric"] == m for r in rows) for m in metrics), default=4)) + 1.2))
+    for ax, metric in zip(axes[0], metrics):
+        sub = [r for r in rows if r["metric"] == metric]
+        y = np.arange(len(sub))[::-1]
+        for yi, r in zip(y, sub):
+            c = colour.get(r["verdict"], "0.45")
+            ax.plot([r["low"], r["high"]], [yi, yi], color=c, lw=2)
+            ax.plot([r["delta"]], [yi], "o", color=c)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(y, [f"{r['better']} − {r['worse']}\n{r['dataset']}".replace("grpo_", "") for r in sub],
+                      fontsize=6)
+        ax.set_title(f"{metric}: better − worse" + (" (lower is better)" if metric.startswith("ece") else ""),
+                     fontsize=9)
+    return _finish(fig, save_path)
