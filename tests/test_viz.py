@@ -87,6 +87,15 @@ def test_every_figure_writes_a_png(tmp_path, records, samples):
         "rel": lambda p: viz.reliability_diagram(arrays, n_bins=10, save_path=p),
         "rc": lambda p: viz.risk_coverage_plot(arrays, save_path=p),
         "qual": lambda p: viz.qualitative_case(records[0], imgs["A"], CROP, title="case A", save_path=p),
+        "claims": lambda p: viz.claims_forest(
+            [dict(metric=m, better="b", worse="w", dataset=d, delta=0.1, low=lo, high=lo + 0.2, verdict=v)
+             for m in ("acc", "ece10") for d, lo, v in (("liver", 0.01, "supported"), ("breast", -0.1, "x"))]
+            + [dict(metric="align", better="b", worse="w", dataset="d", delta=float("nan"), low=float("nan"),
+                    high=float("nan"), verdict="not measured")], save_path=p),
+        "pretrain": lambda p: viz.pretrain_curves(
+            [dict(step=i, text=1.0 / i, stage=1 + (i > 3)) for i in range(1, 7)],
+            [dict(step=3, liver=dict(miou=0.2, miou_ci=[0.1, 0.3], mean_box_miou=0.1, acc=0.5, acc_ci=[0.4, 0.6],
+                                     majority_acc=0.4))], save_path=p),
     }
     for name, call in calls.items():
         path = tmp_path / "figs" / f"{name}.png"
