@@ -79,7 +79,7 @@ if pretrain_steps > 0:
 else:
     base_dir = SHIPPED_BASE
     card = json.loads((base_dir / "card.json").read_text())
-    cfg = PretrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in card["config"].items()})
+    cfg = PretrainConfig.from_dict(card["config"])
     history, evals = card.get("history", []), card["curves"]
     print(f"shipped base, SHA-256 checked: {verify_checksums(base_dir)}")
     display(Markdown((base_dir / "MODEL_CARD.md").read_text()))

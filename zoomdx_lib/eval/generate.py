@@ -17,7 +17,7 @@ import torch
 
 from ..config import Profile
 from ..io import atomic_write_json, progress as progress_bar, read_jsonl, write_jsonl
-from ..model.load import load_policy
+from ..model.load import file_sha256, load_policy
 from ..rl.rewards import r_loc, trajectory_format
 from ..rl.rollout import HFPolicy, OraclePolicy, oracle_turn1, rollout, single_turn_rollout
 
@@ -89,7 +89,7 @@ def _weights_identity(folder) -> list:
         return [json.loads((folder / "checksums.json").read_text())]
     files = sorted(f for f in folder.glob("*") if f.suffix in (".safetensors", ".bin", ".pt") and f.is_file())
     if sum(f.stat().st_size for f in files) <= 256 * 2 ** 20:
-        return [(f.name, hashlib.sha256(f.read_bytes()).hexdigest()) for f in files]
+        return [(f.name, file_sha256(f)) for f in files]
     return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
 
 

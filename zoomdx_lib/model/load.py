@@ -96,7 +96,8 @@ class ChecksumError(RuntimeError):
     """A checkpoint file whose SHA-256 differs from the folder's checksums.json."""
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -107,7 +108,7 @@ def _sha256(path: Path) -> str:
 def write_checksums(path) -> dict:
     """Write `path/checksums.json`: the SHA-256 of every other file in the folder. Returns the mapping."""
     path = Path(path)
-    sums = {p.name: _sha256(p) for p in sorted(path.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    sums = {p.name: file_sha256(p) for p in sorted(path.iterdir()) if p.is_file() and p.name != CHECKSUMS}
     (path / CHECKSUMS).write_text(json.dumps(sums, indent=1) + "\n")
     return sums
 
@@ -121,7 +122,7 @@ def verify_checksums(path) -> bool:
     for name, want in json.loads(listing.read_text()).items():
         if not (path / name).exists():
             raise ChecksumError(f"{path}: {name} is listed in {CHECKSUMS} but missing")
-        got = _sha256(path / name)
+        got = file_sha256(path / name)
         if got != want:
             raise ChecksumError(f"{path}: {name} has SHA-256 {got}, {CHECKSUMS} says {want} "
                                 "(a changed or truncated file; restore it, e.g. with `git checkout`)")

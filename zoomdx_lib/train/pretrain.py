@@ -87,6 +87,13 @@ class PretrainConfig:
         text_hidden=256, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=768,
         vision_hidden=128, vision_depth=4, vision_heads=4, vision_intermediate=384))
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> "PretrainConfig":
+        """The config a run wrote as JSON (``pretrain_config.json``, a card's ``config``): lists back to
+        tuples; keys this version does not know are dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if k in ("organs", "aux") else v for k, v in raw.items() if k in known})
+
     def __post_init__(self):
         unknown = set(self.aux) - set(AUX_LOSSES)
         if unknown:

@@ -65,9 +65,7 @@ def earlier_stage(cfg: PretrainConfig) -> Optional[tuple[PretrainConfig, float]]
     if not cfg.init_from:
         return None
     run = Path(cfg.init_from).parent
-    raw = json.loads((run / "pretrain_config.json").read_text())
-    known = {f.name for f in dataclasses.fields(PretrainConfig)}
-    first = PretrainConfig(**{k: (tuple(v) if k in ("organs", "aux") else v) for k, v in raw.items() if k in known})
+    first = PretrainConfig.from_dict(json.loads((run / "pretrain_config.json").read_text()))
     return first, sum(r.get("seconds", 0.0) for r in read_log(run))
 
 
@@ -77,7 +75,6 @@ def stage_curves(run_dir, cfg: PretrainConfig) -> tuple[list[dict], list[dict]]:
     history, evals = read_log(run_dir), read_evals(run_dir)
     if not cfg.init_from:
         return history, evals
-    first, _ = earlier_stage(cfg)
     run1 = Path(cfg.init_from).parent
     done = int(Path(cfg.init_from).name.rsplit("-", 1)[-1])        # checkpoint-002000 -> 2000
     h1 = [dict(r, stage=1) for r in read_log(run1) if r["step"] <= done]
