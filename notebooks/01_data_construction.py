@@ -133,6 +133,34 @@ display(pd.DataFrame([{"organ": r["organ"], "attribute": r["attribute"], "majori
 viz.readability_plot(readable, save_path=run.figure("fig_data_readability.png"));
 
 # %% [markdown]
+# ### High-resolution originals with evidence at native scale
+#
+# The generator can also draw originals several times the full view's side with their fine structure fixed in
+# pixels, as a higher-frequency probe would (`generate_case(..., size, detail_scale)`): speckle grain of a few
+# original pixels, and the margin drawn at native scale (edge blur and spicules of 1-8 pixels, about one pixel
+# of the full view). Echo level, shape and posterior features stay visible at any scale. Two things decide
+# whether zooming can pay: how much finer the crop samples the lesion than the full view (`zoom_gain`: capped by
+# original / full-view size, and by the crop's pixel budget against the box side), and whether a reader can use
+# the extra detail. The same reference classifier reads the margin from both views of these originals.
+
+# %%
+native_size, native_detail = prof.data.readability_native
+with run.phase("readability_native"):
+    readable_native = [R.readability(o, "margin", n_read_train, n_read_test, native_size, **prof.model.pixel_bounds,
+                                     crop_pixels=prof.rollout.crop_pixels, n_boot=prof.eval.bootstrap_samples,
+                                     seed=seed, detail_scale=native_detail)
+                       for o in prof.data.organs_train]
+    gains = {f"{size} px": R.zoom_gain_summary("breast", n_read_test, size, prof.model.pixel_bounds,
+                                               prof.rollout.crop_pixels, detail)
+             for size, detail in ((prof.data.image_size, None), (native_size, native_detail))}
+display(pd.DataFrame([{"organ": r["organ"], "attribute": r["attribute"], "original": f"{native_size} px",
+                       "majority": round(100 * r["majority"], 1),
+                       **{f"% from {v}": fmt_cell(*r[v], "acc") for v in ("crop", "full", "crop_minus_full")}}
+                      for r in readable_native]))
+display(pd.DataFrame(gains).T.rename(columns=lambda q: f"zoom gain, {q}"))
+viz.readability_plot(readable_native, save_path=run.figure("fig_data_readability_native.png"));
+
+# %% [markdown]
 # ## How realistic is the speckle?
 #
 # Grain of the speckle away from the lesion: full width at half maximum of the grey-level autocorrelation,
@@ -141,7 +169,9 @@ viz.readability_plot(readable, save_path=run.figure("fig_data_readability.png"))
 # one was imported above.
 
 # %%
-grain = {"synthetic breast": R.grain_summary(R.synthetic_grain("breast", n_read_test, prof.data.image_size, seed))}
+grain = {"synthetic breast": R.grain_summary(R.synthetic_grain("breast", n_read_test, prof.data.image_size, seed)),
+         f"synthetic breast, {native_size} px native detail": R.grain_summary(
+             R.synthetic_grain("breast", n_read_test, native_size, seed, detail_scale=native_detail))}
 for name in [name for name, r in imported.items() if r["report"] is not None]:
     grain[name] = R.grain_summary(R.real_grain(store.load_items(run.data_dir, f"test_{name}", n_read_test), seed))
 display(pd.DataFrame({k: R.grain_row(v) for k, v in grain.items()}).T)
@@ -156,4 +186,5 @@ W.sample_browser(all_samples, run.data_dir, prof.rollout.crop_pixels)
 # %%
 run.write_metrics(dict(profile=prof.name, seed=seed,  # wall-clock times live in phases.json
                        splits={k: store.split_summary(v) for k, v in samples.items()}, real=real,
-                       readability=readable, speckle_grain=grain))
+                       readability=readable, readability_native=readable_native, zoom_gain=gains,
+                       speckle_grain=grain))

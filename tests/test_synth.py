@@ -107,3 +107,43 @@ def test_bad_input_is_named():
         next(generate_samples("liver", 1, 0, attributes=("colour",)))
     with pytest.raises(ValueError, match="colour"):
         simulate_raters(generate_case(0, "liver", 64), "colour", 0)
+
+
+def _grain_px(organ, size, detail_scale, n=6):
+    from zoomdx_lib.eval.readability import speckle_grain
+    rows = [speckle_grain(c.image.astype(float), c.box, c.fov) for c in
+            (generate_case(40 + i, organ, size, detail_scale=detail_scale) for i in range(n))]
+    return np.nanmedian([[r["axial_px"], r["lateral_px"]] for r in rows if r], axis=0)
+
+
+def test_detail_scale_fixes_the_speckle_grain_in_pixels_while_the_default_scales_it_with_the_image():
+    g256 = _grain_px("breast", 256, None)
+    g512 = _grain_px("breast", 512, None)            # same picture, twice the pixels: grain twice as wide
+    native = _grain_px("breast", 512, 1.0)           # fine structure fixed at its 256 px size
+    assert np.allclose(g512 / g256, 2.0, rtol=0.3), (g256, g512)
+    assert np.allclose(native / g256, 1.0, rtol=0.3), (g256, native)
+
+
+def test_native_margin_is_fine_structure_a_tight_box_and_deterministic():
+    def boundary(mask):      # mask pixels with a 4-neighbour outside
+        inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1] & mask[2:, 1:-1] & mask[1:-1, :-2] & mask[1:-1, 2:]
+        return mask.sum() - inner.sum()
+    longer = 0
+    for seed in range(6):
+        sharp = generate_case(seed, "breast", 768, {"margin": "Circumscribed"}, detail_scale=1.0)
+        spiky = generate_case(seed, "breast", 768, {"margin": "Not circumscribed"}, detail_scale=1.0)
+        again = generate_case(seed, "breast", 768, {"margin": "Not circumscribed"}, detail_scale=1.0)
+        assert np.array_equal(spiky.image, again.image) and spiky.box == again.box
+        for c in (sharp, spiky):
+            rows, cols = np.flatnonzero(c.mask.any(1)), np.flatnonzero(c.mask.any(0))
+            assert c.box == (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+        # same seed, same lesion outline and size; spicules of a few pixels lengthen the boundary
+        assert abs(spiky.mask.sum() / sharp.mask.sum() - 1) < 0.1
+        longer += boundary(spiky.mask) > 1.1 * boundary(sharp.mask)
+    assert longer >= 5
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, 100.0, "1"])
+def test_bad_detail_scale_is_refused(bad):
+    with pytest.raises(ValueError, match="detail_scale"):
+        generate_case(0, "liver", 128, detail_scale=bad)

@@ -96,6 +96,9 @@ class DataConfig:
     attributes: tuple[str, ...] = ("echo", "shape", "margin")
     n_real_test: int = 120
     readability_cases: tuple[int, int] = (240, 160)   # (train, test) cases per attribute, notebook 01's check
+    # notebook 01's high-resolution check: (original side in pixels, generator detail_scale); the margin is
+    # drawn at native scale there (zoomdx_lib.data.synth.generate_case)
+    readability_native: tuple[int, float] = (1024, 1.0)
 
 
 @dataclass
@@ -187,7 +190,8 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke",
         model=ModelConfig(path=str(SHIPPED_BASE), tiny=_SMOKE_TINY),
-        data=DataConfig(n_train_per_organ=48, n_test_per_organ=12, n_real_test=8, readability_cases=(36, 24)),
+        data=DataConfig(n_train_per_organ=48, n_test_per_organ=12, n_real_test=8, readability_cases=(36, 24),
+                        readability_native=(512, 1.0)),
         rollout=RolloutConfig(max_new_tokens=(64, 48)),
         sft=SFTConfig(warmup_steps=0, full_steps=0, lora_steps=10, batch_size=8, checkpoint_every=5),
         grpo=GRPOConfig(steps=2, prompts_per_step=1, checkpoint_every=1),

@@ -92,9 +92,10 @@ def _smooth_field(rng, shape, cells) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _geometry(organ: str, S: int) -> dict:
-    """RF grid, PSF transfer functions and scan conversion for a preset at output size S (cached)."""
-    p, dr, k = ORGAN_PRESETS[organ], 0.5, S / 256
+def _geometry(organ: str, S: int, k: float) -> dict:
+    """RF grid, PSF transfer functions and scan conversion for a preset at output size S (cached);
+    k multiplies the preset's point-spread function sds (given in pixels at S = 256)."""
+    p, dr = ORGAN_PRESETS[organ], 0.5
     if p["probe"] == "linear":
         n_ax, n_lat = 2 * S, S
         X = np.broadcast_to(np.arange(n_lat, dtype=np.float32) + 0.5, (n_ax, n_lat))
@@ -227,24 +228,53 @@ def _draw_latent(rng, forced: dict, noise: float) -> tuple[dict, dict]:
     return cls, lat
 
 
-def generate_case(seed: int, organ: str = "liver", size: int = 256, attribute_classes: dict | None = None) -> SynthCase:
+def _fine_margin(rng, m: float, a_px: float, k: float) -> tuple[float, list]:
+    """Margin evidence at native scale: edge blur and many short, narrow spicules sized in pixels
+    (times k), returned in the units of :func:`_lesion_fields` (fractions of the radius a_px).
+
+    m -> 0: a sharp edge (blur ~k pixels) with tiny bumps; m -> 1: an indistinct edge (blur ~6 k
+    pixels) with 24-60 spicules up to 8 k pixels long and 1-2 k pixels wide, i.e. about one pixel
+    of a 224 px full view when the original is 1024 px and k = 1.
+    """
+    blur = k * (0.3 + 6.0 * m) / a_px
+    n_sp = int(rng.integers(24, 61))
+    spikes = [(rng.uniform(-np.pi, np.pi), k * m * rng.uniform(3.0, 8.0) / a_px,
+               k * rng.uniform(1.0, 2.0) / a_px) for _ in range(n_sp)]
+    return blur, spikes
+
+
+def generate_case(seed: int, organ: str = "liver", size: int = 256, attribute_classes: dict | None = None,
+                  detail_scale: float | None = None) -> SynthCase:
     """Simulate one B-mode image of `organ` (size x size pixels) with one lesion.
 
     attribute_classes forces classes, e.g. {"echo": "Hypoechoic"}; the others are drawn
     uniformly. The latent value is then drawn uniformly inside the class interval. Returns a
     SynthCase whose box is the tight box of the mask in output pixels. Deterministic in
-    (seed, organ, size, attribute_classes). Raises ValueError for an unknown organ/attribute/class.
+    (seed, organ, size, attribute_classes, detail_scale). Raises ValueError for an unknown
+    organ/attribute/class or a bad size / detail_scale.
+
+    detail_scale: None (default) draws the same picture at any size: the point-spread function, the
+    speckle grain and the margin's structure scale with the image (S / 256 of their 256 px sizes). A
+    number fixes the fine structure in pixels instead (k = detail_scale times the 256 px sizes), as
+    a higher-frequency probe would: at size 1024 and detail_scale 1 the speckle grain is ~2 x 4
+    pixels and the margin is drawn by :func:`_fine_margin` (blur and spicules of a few pixels),
+    finer than one pixel of a 224 px full view (4.6 original pixels), so margin and isoechoic
+    texture are evidence that only a crop at native resolution keeps; echo level, shape and
+    posterior features stay visible at any scale. Anatomy, lesion size and placement are the same.
     """
     p = _check_organ(organ)
     if size < 64:
         raise ValueError(f"size must be >= 64 pixels, got {size}")
+    if detail_scale is not None and not (isinstance(detail_scale, (int, float)) and 0.25 <= detail_scale <= 64):
+        raise ValueError(f"detail_scale must be None or a number of pixels in [0.25, 64], got {detail_scale!r}")
     forced = dict(attribute_classes or {})
     for a, c in forced.items():
         check_attribute(a)
         if c not in ATTRIBUTE_LABELS[a]:
             raise ValueError(f"unknown {a} class {c!r}; expected one of {ATTRIBUTE_LABELS[a]}")
     S, rng = int(size), np.random.default_rng(seed)
-    g = _geometry(organ, S)
+    k = S / 256 if detail_scale is None else float(detail_scale)
+    g = _geometry(organ, S, k)
     cls, lat = _draw_latent(rng, forced, float(rng.random()))
     # lesion geometry: major diameter 12-35 % of the width, harmonics for irregularity, spikes for margin
     a = rng.uniform(0.06, 0.175) * S
@@ -253,10 +283,16 @@ def generate_case(seed: int, organ: str = "liver", size: int = 256, attribute_cl
     m = lat["margin_blur"]
     n_sp = int(rng.integers(6, 14))
     spikes = [(rng.uniform(-np.pi, np.pi), m ** 1.5 * rng.uniform(0.08, 0.3), rng.uniform(0.05, 0.1)) for _ in range(n_sp)]
-    table = _edge_table(zip((3, 4, 5), amps, rng.uniform(0, 2 * np.pi, 3)), spikes)
-    a = a / float(table.max())                       # so the farthest edge point is 6-17.5 % of S from the centre
+    harm = list(zip((3, 4, 5), amps, rng.uniform(0, 2 * np.pi, 3)))
+    blur = 0.01 + 0.12 * m
+    if detail_scale is not None:                     # the coarse spikes above are replaced by fine ones
+        blur, spikes = _fine_margin(rng, m, a / lat["shape_aspect"] ** 0.5, k)
+    table = _edge_table(harm, spikes)
+    # so the farthest edge point is 6-17.5 % of S from the centre (native: of the outline before its spicules,
+    # so spicules do not shrink the lesion, a cue visible at any scale)
+    a = a / float((table if detail_scale is None else _edge_table(harm, [])).max())
     L = dict(a=float(a), b=float(a / lat["shape_aspect"]), theta=float(rng.uniform(-0.4, 0.4)),
-             blur=0.01 + 0.12 * m, table=table)
+             blur=blur, table=table)
     R = float(a * table.max()) + 2.0                                   # bounds every mask pixel
     lo, hi = p["lesion_depth"]
     if g["convex"]:
@@ -307,8 +343,8 @@ def generate_case(seed: int, organ: str = "liver", size: int = 256, attribute_cl
     kpx = p["atten_db"] * np.log(10) / 20 / g["depth_px"]
     dpx = g["depth"] * g["depth_px"]
     tgc = (kpx * dpx * rng.uniform(0.7, 0.92) + 0.15 * _wavy(rng, g["depth"], 1.0)).astype(np.float32)
-    tex = _smooth_field(rng, (n_ax, n_lat), (p["texture_px"] * S / 256 / dr,
-                                             p["texture_px"] * S / 256 / float(np.median(g["px_line"]))))
+    tex = _smooth_field(rng, (n_ax, n_lat), (p["texture_px"] * k / dr,
+                                             p["texture_px"] * k / float(np.median(g["px_line"]))))
     big = _smooth_field(rng, (n_ax, n_lat), (n_ax / 5, n_lat / 5))
     v = float(tex.var())          # log-normal texture with its mean energy removed: no brightness change
     logA = np.log(B + np.float32(1e-4))
@@ -371,7 +407,8 @@ def _rf_window(g: dict, cx: float, cy: float, R: float):
 
 
 def generate_samples(organ: str, n: int, seed: int, size: int = 256, attributes=ATTRIBUTES,
-                     split: str = "", start: int = 0) -> Iterator[tuple[Sample, Image.Image]]:
+                     split: str = "", start: int = 0, detail_scale: float | None = None
+                     ) -> Iterator[tuple[Sample, Image.Image]]:
     """Yield n (Sample, PIL grayscale image) pairs, samples start .. start+n-1; sample i depends only
     on (organ, seed, size, i), so any window of a seed's stream can be drawn on its own.
 
@@ -379,6 +416,7 @@ def generate_samples(organ: str, n: int, seed: int, size: int = 256, attributes=
     both are balanced. c = 1 when the two raters agree and then y = their label; when they
     disagree c = 0 and y = the generator's true class (both rater labels kept). Boxes are in
     pixels of the size x size image; image_path is relative ("images/<id>.png", caller writes it).
+    detail_scale: see :func:`generate_case` (None: the same picture at any size).
     """
     _check_organ(organ)
     attributes = tuple(attributes)
@@ -389,7 +427,7 @@ def generate_samples(organ: str, n: int, seed: int, size: int = 256, attributes=
         case_seed, rater_seed = (int(s) for s in ss.generate_state(2))
         attr = attributes[i % len(attributes)]
         labels = ATTRIBUTE_LABELS[attr]
-        case = generate_case(case_seed, organ, size, {attr: labels[(i // len(attributes)) % len(labels)]})
+        case = generate_case(case_seed, organ, size, {attr: labels[(i // len(attributes)) % len(labels)]}, detail_scale)
         ra, rb = simulate_raters(case, attr, rater_seed)
         c = int(ra == rb)
         sid = f"{organ}-{split}-{i:05d}"

@@ -22,18 +22,20 @@ the image width, comparable between synthetic images and real B-mode (e.g. BUS-B
 """
 from __future__ import annotations
 
+import math
 import zlib
 from collections import Counter
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ..data.synth import generate_samples
-from ..geometry import crop_image, model_input_size
+from ..geometry import clean_box, crop_image, crop_output_size, model_input_size
 from . import metrics as M
 
 VIEWS = ("crop", "full")
@@ -45,9 +47,11 @@ def readability_seed(organ: str, attribute: str, part: str) -> int:
 
 
 def lesion_views(image: Image.Image, box: Sequence[float], min_pixels: int, max_pixels: int,
-                 crop_pixels: int) -> dict[str, np.ndarray]:
+                 crop_pixels: int, context: float = 0.0) -> dict[str, np.ndarray]:
     """{"crop", "full"}: the lesion box as the zoom crop and as seen in the full view, grey 0-1, each at
     the resolution the model gets it (the crop at the turn-2 budget, the full-view region at its own size).
+    context: both views cover the box widened by this fraction of its width / height on each side
+    (clamped to the image), as the zoom tool's ``pad_frac`` does, so the tissue around the edge is kept.
 
     >>> im = Image.fromarray((np.arange(256 * 256) % 251).astype(np.uint8).reshape(256, 256))
     >>> v = lesion_views(im, (100, 100, 156, 128), 112 * 112, 224 * 224, 112 * 112)
@@ -55,6 +59,8 @@ def lesion_views(image: Image.Image, box: Sequence[float], min_pixels: int, max_
     ((84, 168), (24, 48))
     """
     gray = image.convert("L")
+    if context:
+        box = clean_box(box, gray.size, pad_frac=context)[0]
     crop = crop_image(gray, box, crop_pixels, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)
     mw, mh = model_input_size(gray.width, gray.height, min_pixels, max_pixels)
     full = gray.resize((mw, mh), Image.BICUBIC)
@@ -75,34 +81,38 @@ def view_features(view: np.ndarray, aspect: float, side: int = 16, bins: int = 1
     return np.concatenate([pixels.ravel(), hist, ghist, [np.log(aspect)]])
 
 
-def _cases(organ: str, attribute: str, n: int, seed: int, size: int):
-    for sample, image in generate_samples(organ, n, seed=seed, size=size, attributes=(attribute,), split="readability"):
+def _cases(organ: str, attribute: str, n: int, seed: int, size: int, detail_scale: Optional[float] = None):
+    for sample, image in generate_samples(organ, n, seed=seed, size=size, attributes=(attribute,), split="readability",
+                                          detail_scale=detail_scale):
         yield sample.box, sample.meta["true_attributes"][attribute], image
 
 
 def readability(organ: str, attribute: str, n_train: int = 300, n_test: int = 200, size: int = 256,
                 min_pixels: int = 112 * 112, max_pixels: int = 224 * 224, crop_pixels: int = 112 * 112,
-                side: int = 16, n_boot: int = 1000, seed: int = 0) -> dict:
+                side: int = 16, n_boot: int = 1000, seed: int = 0, detail_scale: Optional[float] = None,
+                context: float = 0.0) -> dict:
     """Accuracy of the reference classifier from each view on fresh synthetic cases, with the paired difference.
 
     Labels are the generator's true classes (not the raters'), so the question is purely whether the
-    pixels carry the attribute. Returns {organ, attribute, size, n_train, n_test, crop, full,
+    pixels carry the attribute. `detail_scale` is the generator's (None: the same picture at any size;
+    a number: fine structure fixed in pixels), `context` widens both views (:func:`lesion_views`).
+    Returns {organ, attribute, size, detail_scale, context, n_train, n_test, crop, full,
     crop_minus_full (each (point, low, high)), majority}.
     """
-    train = _cases(organ, attribute, n_train, readability_seed(organ, attribute, "train"), size)
-    test = _cases(organ, attribute, n_test, readability_seed(organ, attribute, "test"), size)
-    r = view_accuracy(train, test, min_pixels, max_pixels, crop_pixels, side, n_boot, seed)
-    return dict(organ=organ, attribute=attribute, size=size, **r)
+    train = _cases(organ, attribute, n_train, readability_seed(organ, attribute, "train"), size, detail_scale)
+    test = _cases(organ, attribute, n_test, readability_seed(organ, attribute, "test"), size, detail_scale)
+    r = view_accuracy(train, test, min_pixels, max_pixels, crop_pixels, side, n_boot, seed, context)
+    return dict(organ=organ, attribute=attribute, size=size, detail_scale=detail_scale, context=context, **r)
 
 
 def view_accuracy(train, test, min_pixels: int, max_pixels: int, crop_pixels: int, side: int = 16,
-                  n_boot: int = 1000, seed: int = 0) -> dict:
+                  n_boot: int = 1000, seed: int = 0, context: float = 0.0) -> dict:
     """Reference-classifier accuracy from each view: fit on `train`, score on `test`, both iterables of
     (box, label, image); returns {n_train, n_test, crop, full, crop_minus_full, majority}."""
     def table(cases):
         X, y = {v: [] for v in VIEWS}, []
         for box, label, image in cases:
-            views = lesion_views(image, box, min_pixels, max_pixels, crop_pixels)
+            views = lesion_views(image, box, min_pixels, max_pixels, crop_pixels, context)
             for v in VIEWS:
                 X[v].append(view_features(views[v], (box[2] - box[0]) / (box[3] - box[1]), side))
             y.append(label)
@@ -121,6 +131,38 @@ def view_accuracy(train, test, min_pixels: int, max_pixels: int, crop_pixels: in
     top = Counter(ytr.tolist()).most_common(1)[0][0]
     return dict(n_train=len(ytr), n_test=len(yte), **{k: list(v) for k, v in ci.items()},
                 majority=float(np.mean(yte == top)))
+
+
+def zoom_gain(box: Sequence[float], size: tuple[int, int], min_pixels: int, max_pixels: int,
+              crop_pixels: int, context: float = 0.0) -> float:
+    """How many times finer the zoom crop samples the lesion than the full view does (linear, geometric
+    mean of the two axes): the crop cannot add pixels the original lacks, so the gain is capped by
+    original / full-view size, and a crop budget below the full view's caps it by box side as well.
+
+    >>> zoom_gain((0, 0, 44, 44), (256, 256), 112 * 112, 224 * 224, 112 * 112)      # 256 px original
+    1.14
+    >>> zoom_gain((0, 0, 174, 174), (1024, 1024), 112 * 112, 224 * 224, 112 * 112)  # the median lesion at 1024 px
+    2.94
+    """
+    W, H = size
+    if context:
+        box = clean_box(box, size, pad_frac=context)[0]
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    cw, ch = crop_output_size(max(1, math.ceil(bw)), max(1, math.ceil(bh)), crop_pixels, 28, min_pixels, max_pixels)
+    mw, mh = model_input_size(W, H, min_pixels, max_pixels)
+    crop_scale = math.sqrt(min(1.0, cw / bw) * min(1.0, ch / bh))        # crop pixels per original pixel
+    return round(crop_scale / math.sqrt(mw / W * mh / H), 2)
+
+
+def zoom_gain_summary(organ: str, n: int, size: int, pixel_bounds: dict, crop_pixels: int,
+                      detail_scale: Optional[float] = None, seed: int = 0) -> dict:
+    """Quantiles (10 %, median, 90 %) of :func:`zoom_gain` over the true boxes of `n` fresh cases of `organ`
+    (the boxes only; images are drawn because the box comes from the drawn mask)."""
+    gains = [zoom_gain(s.box, (size, size), pixel_bounds["min_pixels"], pixel_bounds["max_pixels"], crop_pixels)
+             for s, _ in generate_samples(organ, n, seed=readability_seed(organ, "gain", str(seed)), size=size,
+                                          split="gain", detail_scale=detail_scale)]
+    q = np.percentile(gains, [10, 50, 90])
+    return {"p10": float(q[0]), "median": float(q[1]), "p90": float(q[2])}
 
 
 def _fwhm(acf_1d: np.ndarray) -> float:
@@ -202,14 +244,28 @@ def grain_row(summary: dict) -> dict:
     return {k: f"{v[0]:.3g} [{v[1]:.3g}, {v[2]:.3g}]" for k, v in summary.items() if k != "n"} | {"n": summary["n"]}
 
 
-def synthetic_grain(organ: str, n: int, size: int = 256, seed: int = 0) -> list[dict]:
+def synthetic_grain(organ: str, n: int, size: int = 256, seed: int = 0,
+                    detail_scale: Optional[float] = None) -> list[dict]:
     """:func:`speckle_grain` of `n` fresh synthetic images of `organ` (fan-masked), for comparison with real ones."""
     rows = []
     for sample, image in generate_samples(organ, n, seed=readability_seed(organ, "grain", str(seed)), size=size,
-                                          split="grain"):
+                                          split="grain", detail_scale=detail_scale):
         gray = np.asarray(image.convert("L"))
-        rows.append(speckle_grain(gray, sample.box, gray > 0, seed=seed))
+        rows.append(speckle_grain(gray, sample.box, visible_region(gray), seed=seed))
     return rows
+
+
+def visible_region(gray: np.ndarray) -> np.ndarray:
+    """The scanned region of a B-mode image: non-black pixels, with isolated black speckle troughs inside it
+    filled (a patch test on ``gray > 0`` alone rejects most patches of a large, finely speckled image).
+
+    >>> g = np.full((20, 20), 90, np.uint8); g[:, :5] = 0; g[10, 12] = 0
+    >>> v = visible_region(g)
+    >>> bool(v[10, 12]), bool(v[10, 2]), int(v.sum())
+    (True, False, 300)
+    """
+    return ndimage.binary_closing(gray > 0, structure=np.ones((3, 3)), iterations=2, border_value=1) & (
+        ndimage.uniform_filter((gray > 0).astype(np.float32), 9) > 0.5)
 
 
 def real_grain(items: Sequence[tuple], seed: int = 0) -> list[dict]:
