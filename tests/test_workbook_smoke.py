@@ -41,6 +41,13 @@ def test_every_notebook_ran_and_wrote_metrics(smoke_run):
     for r in m01["readability"]:   # reference-classifier accuracies with their intervals, 24 test cases each
         assert r["n_test"] == 24 and all(v[1] <= v[0] <= v[2] for v in (r["crop"], r["full"], r["crop_minus_full"]))
     assert m01["speckle_grain"]["synthetic breast"]["n"] > 0
+    native = m01["readability_native"]       # the margin at native scale from 512 px originals
+    assert [(r["organ"], r["attribute"], r["size"], r["detail_scale"]) for r in native] == [
+        ("liver", "margin", 512, 1.0), ("breast", "margin", 512, 1.0)]
+    assert all(r["n_test"] == 24 and r["crop"][1] <= r["crop"][0] <= r["crop"][2] for r in native)
+    # 256 px originals barely exceed the 224 px full view; at 512 px the crop samples the lesion finer
+    assert m01["zoom_gain"]["256 px"]["median"] == 1.14 and m01["zoom_gain"]["512 px"]["median"] > 1.5
+    assert m01["speckle_grain"]["synthetic breast, 512 px native detail"]["n"] > 0
     m03 = read_metrics(run, "03_grpo_uncertainty_alignment")
     assert {"grpo_accuracy_only", "grpo_uncertainty_credit", "grpo_uncertainty_group"} <= set(m03["models"])
     assert m03["engine"] == "explicit"
@@ -50,7 +57,7 @@ def test_every_notebook_ran_and_wrote_metrics(smoke_run):
         assert phases["03_grpo_uncertainty_alignment"][f"{name}_update"] > 0
     assert "sft_zoom_train" in phases["02_sft_zoom_then_diagnose"]
     for fig in ("fig1_kappa_distributions.png", "reliability_diagrams.png", "risk_coverage.png", "grpo_curves.png",
-                "fig_data_examples.png", "fig_data_readability.png", "sft_loss.png", "pretrain_curves.png", "pretrain_boxes.png"):
+                "fig_data_examples.png", "fig_data_readability.png", "fig_data_readability_native.png", "sft_loss.png", "pretrain_curves.png", "pretrain_boxes.png"):
         assert (run / "figures" / fig).stat().st_size > 0, fig
 
 
