@@ -40,3 +40,21 @@ def test_command_prints_one_json_line(tiny_path, capsys):
 def test_command_without_a_checkpoint_says_so(tmp_path, capsys):
     assert main(["--organ", "liver", "--n", "4", "--seed", "1", "--model", str(tmp_path)]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_against_prints_the_paired_difference_of_two_checkpoints(tiny_path, capsys):
+    assert main(["--organ", "breast", "--n", "4", "--seed", "98", "--model", str(tiny_path), "--profile", "smoke",
+                 "--against", str(tiny_path)]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["against_miou"] == line["miou"] and line["against_acc"] == line["acc"]
+    assert line["miou_diff"] == [0.0, 0.0, 0.0] and line["acc_diff"] == [0.0, 0.0, 0.0]   # same model, same cases
+    assert "cases" not in line
+
+
+def test_paired_difference_names_a_case_missing_from_one_list():
+    import pytest
+
+    from zoomdx_lib.eval.grounding import paired_grounding_difference
+    with pytest.raises(ValueError, match="case 3"):
+        paired_grounding_difference([dict(id=i, iou=0.1, hit=True) for i in range(4)],
+                                    [dict(id=i, iou=0.1, hit=True) for i in range(3)])

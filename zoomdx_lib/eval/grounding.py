@@ -10,6 +10,9 @@ and prints one JSON line:
     organ, n, seed, model, miou, miou_ci, mean_box_miou, acc, acc_ci, majority_acc, tool_call_valid,
     answer_valid, seconds
 
+and, with ``--against DIR`` (an ablation: two checkpoints on the same cases), also against_miou,
+against_acc, miou_diff and acc_diff: (point, low, high) of model minus against, paired bootstrap.
+
 ``mean_box_miou`` is the mIoU of answering every case with the mean of these cases' own true
 boxes and ``majority_acc`` the accuracy of answering each attribute's most frequent label among
 these cases: constant answers chosen in hindsight, so a model beats them only by looking.
@@ -76,9 +79,30 @@ def grounding_report(model, processor, items, crop_pixels: int, max_new_tokens=(
                 tool_call_valid=float(np.mean([g[0].tool.ok for g in own])),
                 answer_valid=float(np.mean([g[0].label is not None for g in read])))
     if per_case:
-        report["cases"] = [dict(id=s.id, box=g[0].box, iou=float(v), answer=r[0].label)
-                           for s, g, r, v in zip(samples, own, read, ious)]
+        report["cases"] = [dict(id=s.id, box=g[0].box, iou=float(v), answer=r[0].label, hit=bool(h))
+                           for s, g, r, v, h in zip(samples, own, read, ious, hits)]
     return report
+
+
+def paired_grounding_difference(cases: list[dict], against: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """``{"miou": (point, low, high), "acc": (...)}`` of `cases` minus `against` (``cases`` lists of
+    :func:`grounding_report` with ``per_case``), matched by id, with one bootstrap draw of cases for both.
+
+    >>> a = [dict(id=i, iou=0.5, hit=True) for i in range(8)]
+    >>> b = [dict(id=i, iou=0.25, hit=i < 4) for i in range(8)]
+    >>> d = paired_grounding_difference(a, b, n_boot=100)
+    >>> d["miou"], d["acc"][0]
+    ((0.25, 0.25, 0.25), 0.5)
+    """
+    other = {c["id"]: c for c in against}
+    missing = [c["id"] for c in cases if c["id"] not in other] + sorted(set(other) - {c["id"] for c in cases})
+    if missing:
+        raise ValueError(f"the two case lists differ: case {missing[0]!r} is in only one of them")
+    d_iou = np.array([c["iou"] - other[c["id"]]["iou"] for c in cases])
+    d_hit = np.array([float(c["hit"]) - float(other[c["id"]]["hit"]) for c in cases])
+    ci = M.bootstrap(lambda i: {"miou": float((d_iou if i is None else d_iou[i]).mean()),
+                                "acc": float((d_hit if i is None else d_hit[i]).mean())}, len(cases), n_boot, seed=seed)
+    return {k: tuple(float(x) for x in v) for k, v in ci.items()}
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -89,20 +113,33 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--model", default=None, help="checkpoint folder (default: the base shipped in the package)")
     ap.add_argument("--adapter", default=None, help="optional LoRA adapter folder on top of --model")
     ap.add_argument("--profile", default="cpu", help="profile whose image and crop sizes are used (default cpu)")
+    ap.add_argument("--against", default=None,
+                    help="a second checkpoint folder: also print the paired difference (model - against) of mIoU "
+                         "and accuracy on the same cases, with 95 %% intervals")
     args = ap.parse_args(argv)
     model_dir = Path(args.model) if args.model else SHIPPED_BASE
-    if not (model_dir / "config.json").exists():
-        print(f"no checkpoint at {model_dir}: pass --model DIR (a folder with config.json and safetensors)",
-              file=sys.stderr)
-        return 2
+    for d in [model_dir] + ([Path(args.against)] if args.against else []):
+        if not (d / "config.json").exists():
+            print(f"no checkpoint at {d}: pass a folder with config.json and safetensors", file=sys.stderr)
+            return 2
     prof = get_profile(args.profile)
     t0 = time.perf_counter()
-    model, processor = load_policy(model_dir, args.adapter)
     items = fresh_cases(args.organ, args.n, args.seed, prof.data.image_size)
-    report = grounding_report(model, processor, items, prof.rollout.crop_pixels, prof.rollout.max_new_tokens,
-                              seed=args.seed)
-    line = dict(organ=args.organ, **report, seed=args.seed, model=str(model_dir),
-                seconds=round(time.perf_counter() - t0, 1))
+
+    def report_of(folder, adapter=None):
+        model, processor = load_policy(folder, adapter)
+        return grounding_report(model, processor, items, prof.rollout.crop_pixels, prof.rollout.max_new_tokens,
+                                seed=args.seed, per_case=args.against is not None)
+
+    report = report_of(model_dir, args.adapter)
+    line = dict(organ=args.organ, **report, seed=args.seed, model=str(model_dir))
+    if args.against:
+        other = report_of(Path(args.against))
+        diff = paired_grounding_difference(report["cases"], other["cases"], seed=args.seed)
+        line.update(against=args.against, against_miou=other["miou"], against_acc=other["acc"],
+                    miou_diff=list(diff["miou"]), acc_diff=list(diff["acc"]))
+        del line["cases"]
+    line["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(line))
     return 0
 
