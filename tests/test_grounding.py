@@ -2,8 +2,9 @@
 import json
 
 import numpy as np
+import pytest
 
-from zoomdx_lib.eval.grounding import fresh_cases, grounding_report, main
+from zoomdx_lib.eval.grounding import fresh_cases, grounding_report, main, paired_grounding_difference
 from zoomdx_lib.geometry import model_box, model_input_size, processor_pixel_bounds
 from zoomdx_lib.protocol import format_answer, format_tool_call, turn
 from zoomdx_lib.rl.rollout import ScriptedPolicy
@@ -52,9 +53,6 @@ def test_against_prints_the_paired_difference_of_two_checkpoints(tiny_path, caps
 
 
 def test_paired_difference_names_a_case_missing_from_one_list():
-    import pytest
-
-    from zoomdx_lib.eval.grounding import paired_grounding_difference
     with pytest.raises(ValueError, match="case 3"):
         paired_grounding_difference([dict(id=i, iou=0.1, hit=True) for i in range(4)],
                                     [dict(id=i, iou=0.1, hit=True) for i in range(3)])

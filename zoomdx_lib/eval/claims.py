@@ -64,7 +64,9 @@ def paired_difference(better: Sequence[dict], worse: Sequence[dict], metric_fn: 
     ids = [r["id"] for r in better]
     missing = sorted(set(ids) ^ set(by_id))
     if missing or len(ids) != len(by_id):
-        raise ValueError(f"paired comparison needs the same cases for both methods; unmatched case ids: {missing[:5]}")
+        first = f"case {missing[0]!r} is in only one list" if missing else "an id appears twice"
+        raise ValueError(f"paired comparison needs the same cases for both methods ({first}); "
+                         f"unmatched case ids: {missing[:5]}")
     b = list(better)
     w = [by_id[i] for i in ids]
 

@@ -38,6 +38,7 @@ from ..geometry import iou
 from ..model.load import load_policy
 from ..rl.rollout import HFPolicy, OraclePolicy, oracle_turn1, rollout
 from . import metrics as M
+from .claims import paired_difference
 
 
 
@@ -94,14 +95,9 @@ def paired_grounding_difference(cases: list[dict], against: list[dict], n_boot: 
     >>> d["miou"], d["acc"][0]
     ((0.25, 0.25, 0.25), 0.5)
     """
-    other = {c["id"]: c for c in against}
-    missing = [c["id"] for c in cases if c["id"] not in other] + sorted(set(other) - {c["id"] for c in cases})
-    if missing:
-        raise ValueError(f"the two case lists differ: case {missing[0]!r} is in only one of them")
-    d_iou = np.array([c["iou"] - other[c["id"]]["iou"] for c in cases])
-    d_hit = np.array([float(c["hit"]) - float(other[c["id"]]["hit"]) for c in cases])
-    ci = M.bootstrap(lambda i: {"miou": float((d_iou if i is None else d_iou[i]).mean()),
-                                "acc": float((d_hit if i is None else d_hit[i]).mean())}, len(cases), n_boot, seed=seed)
+    def means(cases):
+        return {"miou": float(np.mean([c["iou"] for c in cases])), "acc": float(np.mean([c["hit"] for c in cases]))}
+    ci = paired_difference(cases, against, means, ("miou", "acc"), n_boot, seed)
     return {k: tuple(float(x) for x in v) for k, v in ci.items()}
 
 

@@ -148,7 +148,8 @@ def zoom_gain(box: Sequence[float], size: tuple[int, int], min_pixels: int, max_
     if context:
         box = clean_box(box, size, pad_frac=context)[0]
     bw, bh = box[2] - box[0], box[3] - box[1]
-    cw, ch = crop_output_size(max(1, math.ceil(bw)), max(1, math.ceil(bh)), crop_pixels, 28, min_pixels, max_pixels)
+    cw, ch = crop_output_size(max(1, math.ceil(bw)), max(1, math.ceil(bh)), crop_pixels,
+                             min_pixels=min_pixels, max_pixels=max_pixels)
     mw, mh = model_input_size(W, H, min_pixels, max_pixels)
     crop_scale = math.sqrt(min(1.0, cw / bw) * min(1.0, ch / bh))        # crop pixels per original pixel
     return round(crop_scale / math.sqrt(mw / W * mh / H), 2)
