@@ -1,5 +1,6 @@
 """Pretraining stage: dense targets against a pixel reference, the case stream, export, resume, checksums,
 and the shipped base itself (hash checked, better than the mean box on fresh cases)."""
+import dataclasses
 import json
 
 import numpy as np
@@ -39,6 +40,35 @@ def test_stream_is_deterministic_alternates_organs_and_uses_no_split_seed():
     assert not {stream_seed(s, o) for s in range(10) for o in cfg.organs} & split_seeds
     with pytest.raises(ValueError, match="unknown auxiliary"):
         PretrainConfig(aux=("mask", "boxes"))
+
+
+def test_curriculum_cases_are_never_isoechoic_and_otherwise_the_stream_itself():
+    cfg = PretrainConfig()
+    echo = lambda case: case[0].meta["true_attributes"]["echo"]
+    plain = [stream_case(cfg, i) for i in range(24)]
+    easy = [stream_case(cfg, i, easy=True) for i in range(24)]
+    assert "Isoechoic" in [echo(c) for c in plain]                 # the stream has them ...
+    assert "Isoechoic" not in [echo(c) for c in easy]              # ... the curriculum does not
+    for p, e in zip(plain, easy):
+        if echo(p) != "Isoechoic":
+            assert e[0].box == p[0].box and np.array_equal(np.asarray(e[1]), np.asarray(p[1]))
+        else:
+            assert e[0].box != p[0].box and e[0].organ == p[0].organ
+    again = stream_case(cfg, 5, easy=True)
+    assert again[0].box == easy[5][0].box and again[0].question == easy[5][0].question
+
+
+def test_curriculum_covers_exactly_its_first_steps_and_survives_a_resume(tmp_path, monkeypatch):
+    import zoomdx_lib.train.pretrain as pretrain_module
+    seen = []
+    real = pretrain_module.stream_case
+    monkeypatch.setattr(pretrain_module, "stream_case", lambda cfg, i, easy=False: seen.append(easy) or real(cfg, i, easy))
+    cfg = PretrainConfig(steps=3, batch_size=1, checkpoint_every=1, curriculum_steps=2, tiny=_SMOKE_TINY, aux=())
+    pretrain(dataclasses.replace(cfg, steps=2), tmp_path / "run", progress=False)
+    assert seen == [True, True]
+    seen.clear()
+    pretrain(cfg, tmp_path / "run", progress=False)               # resumes at step 3: past the curriculum
+    assert seen == [False]
 
 
 @pytest.fixture(scope="module")

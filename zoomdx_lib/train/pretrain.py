@@ -24,7 +24,8 @@ language model ground the box (each switchable, for the ablation):
 The heads live beside the model during training (saved in the checkpoints as
 ``aux_heads.safetensors``) and are dropped at export, so the result is a stock
 `Qwen2_5_VLForConditionalGeneration` folder that every later stage loads like any checkpoint.
-Case i of the stream is a pure function of (seed, organ, i), and the loop
+An optional curriculum (``curriculum_steps``) draws no isoechoic lesion in the first steps (easy
+contrast first). Case i of the stream is a pure function of (seed, organ, i), and the loop
 (:mod:`zoomdx_lib.train.loop`) draws the indices, so a run is deterministic per seed and resumes
 exactly after a kill.
 """
@@ -80,6 +81,7 @@ class PretrainConfig:
     aux_weights: dict = field(default_factory=lambda: dict(mask=1.0, pos=1.0, attn=0.5))
     attn_head: int = 0                 # the head of each layer the attention loss guides
     rationales: float = 0.0            # share of cases whose turns carry the SFT data's rationales (else a fixed one)
+    curriculum_steps: int = 0          # easy contrast first: these first steps draw no isoechoic lesion
     seed: int = 0                      # model init, stream and sampler
     init_from: Optional[str] = None    # a pretraining checkpoint (with its heads) to continue from, fresh schedule
     checkpoint_every: int = 100
@@ -106,11 +108,20 @@ def stream_seed(seed: int, organ: str) -> int:
     return zlib.crc32(f"zoomdx-pretrain|{seed}|{organ}".encode()) & 0x7FFFFFFF
 
 
-def stream_case(cfg: PretrainConfig, index: int):
-    """Case `index` of the pretraining stream: (sample with its question, RGB image); organs alternate."""
+def stream_case(cfg: PretrainConfig, index: int, easy: bool = False):
+    """Case `index` of the pretraining stream: (sample with its question, RGB image); organs alternate.
+
+    easy: a case of the curriculum (the first ``cfg.curriculum_steps`` steps). An isoechoic lesion (within a
+    few dB of its background, the hardest to find) is replaced by the first case that is not isoechoic at
+    index // len(organs) + k * STREAM_SIZE, k = 1, 2, ... of the organ's stream (still a pure function of
+    the index); any other case is the same as without the curriculum.
+    """
     organ = cfg.organs[index % len(cfg.organs)]
-    sample, image = next(generate_samples(organ, 1, seed=stream_seed(cfg.seed, organ), size=cfg.image_size,
-                                          split="pretrain", start=index // len(cfg.organs)))
+    for copy in range(64):             # P(isoechoic) ~ 1/4 per copy: 64 copies never run out in practice
+        sample, image = next(generate_samples(organ, 1, seed=stream_seed(cfg.seed, organ), size=cfg.image_size,
+                                              split="pretrain", start=index // len(cfg.organs) + copy * STREAM_SIZE))
+        if not easy or sample.meta["true_attributes"]["echo"] != "Isoechoic":
+            break
     sample.question = question_for(sample.attribute, f"pretrain:{cfg.seed}:{index}")
     return sample, image.convert("RGB")
 
@@ -279,7 +290,8 @@ def pretrain(cfg: PretrainConfig, out_dir, resume: bool = True, progress: bool =
 
     def step(indices: list[int]) -> dict:
         t0 = time.perf_counter()
-        batch = [encode_case(*stream_case(cfg, i), processor, cfg.crop_pixels, rationale=with_rationale(cfg, i))
+        easy = sched.last_epoch < cfg.curriculum_steps      # the scheduler counts the steps taken (kept on resume)
+        batch = [encode_case(*stream_case(cfg, i, easy), processor, cfg.crop_pixels, rationale=with_rationale(cfg, i))
                  for i in indices]
         loss, parts = pretrain_losses(model, batch, processor, cfg)
         opt.zero_grad()

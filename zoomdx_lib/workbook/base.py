@@ -169,6 +169,8 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--init-from", default=None,
                     help="continue from this pretraining checkpoint (e.g. runs/base/checkpoint-002000) with a new "
                          "optimizer and schedule; use another --seed so the stream brings new cases")
+    ap.add_argument("--curriculum", type=int, default=0,
+                    help="easy contrast first: this many first steps draw no isoechoic lesion")
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--ship", action="store_true", help=f"after training, copy the model into {SHIPPED_BASE}")
@@ -176,7 +178,7 @@ def main(argv: Optional[list] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         warmup=args.warmup, init_from=args.init_from, rationales=args.rationales, aux=tuple(a for a in args.aux.split(",") if a))
+                         warmup=args.warmup, init_from=args.init_from, rationales=args.rationales, curriculum_steps=args.curriculum, aux=tuple(a for a in args.aux.split(",") if a))
     result = pretrain(cfg, args.out, evaluate=held_out_eval(cfg), eval_every=args.eval_every)
     last = result["evals"][-1] if result["evals"] else {}
     print(json.dumps({"model": result["model"], "held_out_miou": last.get("miou"), "held_out_acc": last.get("acc")}))
