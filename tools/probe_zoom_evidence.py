@@ -28,6 +28,7 @@ grows with the margin latent plus 24-60 short spicules) by a fixed 1-pixel blur 
 2-3 pixels wide and up to 10-30 pixels long: the spicules are then the only margin evidence.
 """
 import argparse
+import contextlib
 import json
 from unittest import mock
 
@@ -139,8 +140,8 @@ def main(argv=None):
     ap.add_argument("--n-test", type=int, default=160)
     ap.add_argument("--readers", default=",".join(READERS))
     args = ap.parse_args(argv)
-    patch = mock.patch.object(synth, "_fine_margin", spicule_margin) if args.variant == "spicules" else mock.patch.object(synth, "_fine_margin", synth._fine_margin)
-    with patch:
+    variant = mock.patch.object(synth, "_fine_margin", spicule_margin) if args.variant == "spicules" else contextlib.nullcontext()
+    with variant:
         cases = {part: read_cases(args.organ, args.attribute, n, part, args.size, args.detail_scale, args.crop_pixels, args.context)
                  for part, n in (("train", args.n_train), ("test", args.n_test))}
     setup = dict(organ=args.organ, attribute=args.attribute, size=args.size, detail_scale=args.detail_scale,
