@@ -35,12 +35,8 @@ from unittest import mock
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from zoomdx_lib.data import synth
-from zoomdx_lib.eval import metrics as M
 from zoomdx_lib.eval import readability as R
 from zoomdx_lib.geometry import clean_box
 
@@ -116,15 +112,9 @@ def reader_accuracy(train, test, reader, context, n_boot=1000, seed=0) -> dict:
         return ({v: np.stack([READERS[reader](views[v], aspect, context) for aspect, _, views in rows]) for v in VIEWS},
                 np.array([label for _, label, _ in rows]))
     (Xtr, ytr), (Xte, yte) = table(train), table(test)
-    hits = {}
-    for v in VIEWS:
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=5000)).fit(Xtr[v], ytr)
-        hits[v] = (clf.predict(Xte[v]) == yte).astype(float)
-    hits["crop_minus_full"] = hits["crop"] - hits["full"]
-    hits["native_minus_full"] = hits["native"] - hits["full"]
-    ci = M.bootstrap(lambda i: {k: float((h if i is None else h[i]).mean()) for k, h in hits.items()}, len(yte), n_boot, seed=seed)
-    top = max(set(ytr.tolist()), key=ytr.tolist().count)
-    return dict(reader=reader, **{k: [round(x, 3) for x in v] for k, v in ci.items()}, majority=round(float(np.mean(yte == top)), 3))
+    r = R.compare_views(Xtr, ytr, Xte, yte, [("crop", "full"), ("native", "full")], n_boot, seed)
+    return dict(reader=reader, **{k: [round(x, 3) for x in r[k]] for k in (*VIEWS, "crop_minus_full", "native_minus_full")},
+                majority=round(r["majority"], 3))
 
 
 def main(argv=None):

@@ -120,12 +120,21 @@ def view_accuracy(train, test, min_pixels: int, max_pixels: int, crop_pixels: in
 
     Xtr, ytr = table(train)
     Xte, yte = table(test)
+    return compare_views(Xtr, ytr, Xte, yte, [("crop", "full")], n_boot, seed)
+
+
+def compare_views(Xtr: dict, ytr: np.ndarray, Xte: dict, yte: np.ndarray, pairs: Sequence[tuple[str, str]],
+                  n_boot: int = 1000, seed: int = 0) -> dict:
+    """The reference classifier on each view's features ({view: array}): fit on train, score on test.
+    Returns {n_train, n_test, <view>, "<a>_minus_<b>" for each pair (each (point, low, high); paired
+    bootstrap over test cases), majority}."""
     hits = {}
-    for v in VIEWS:
+    for v in Xtr:
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=5000))
         clf.fit(Xtr[v], ytr)
         hits[v] = (clf.predict(Xte[v]) == yte).astype(float)
-    hits["crop_minus_full"] = hits["crop"] - hits["full"]
+    for a, b in pairs:
+        hits[f"{a}_minus_{b}"] = hits[a] - hits[b]
     ci = M.bootstrap(lambda i: {k: float((h if i is None else h[i]).mean()) for k, h in hits.items()},
                      len(yte), n_boot, seed=seed)
     top = Counter(ytr.tolist()).most_common(1)[0][0]
