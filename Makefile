@@ -20,9 +20,10 @@ install: $(VENV)/.installed
 workbook: install
 	$(PY) -m zoomdx_lib.workbook.runner --profile $(PROFILE) --out $(RUN) $(PUBLISH) $(ARGS)
 
-# Pretrain the tiny base in two stages (each resumable; ~82 + 43 min on 2 cores) and copy it into
+# Pretrain the tiny base in two stages (each resumable; about 80 + 45 min on 2 cores) and copy it into
 # zoomdx_lib/base: stage 1 learns to find and read lesions, stage 2 continues on a new stream in which
 # half the cases carry the SFT data's rationales (LoRA never trains embeddings, so the base must know them).
+# Both stages use the default auxiliary losses, mask and pos (--aux to change them).
 base: install
 	$(PY) -m zoomdx_lib.workbook.base --out runs/base --steps 2000 --lr 1e-3 --seed 0 $(ARGS)
 	$(PY) -m zoomdx_lib.workbook.base --out runs/base_rationale --init-from runs/base/checkpoint-002000 \

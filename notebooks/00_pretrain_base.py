@@ -25,12 +25,16 @@
 # **What it learns from.** A stream of freshly generated liver and breast cases (never a test split's
 # seed, never thyroid, never real images), each a full Zoom-then-Diagnose dialogue with the *true* box:
 # turn 1 writes the tool call, the zoom tool's own crop comes back, turn 2 answers. Cross-entropy on both
-# assistant turns, plus three auxiliary losses that teach it *where* to look:
+# assistant turns, plus two auxiliary losses that teach it *where* to look:
 #
 # - **mask**: a head on every visual token predicts how much of its patch lies inside the lesion box;
 # - **pos**: a head makes every visual token say its own row and column (rotary positions steer attention
-#   but never enter what a token carries, so without this no token can tell the text where it is);
-# - **attn**: one attention head per layer is pulled onto the lesion's tokens while a box digit is written.
+#   but never enter what a token carries, so without this no token can tell the text where it is).
+#
+# A third, **attn** (one attention head per layer pulled onto the lesion's tokens while a box digit is
+# written), is available (`PretrainConfig(aux=("mask", "pos", "attn"))`) but off: beside the other two it
+# slowed localisation and ended worse on breast (the README's ablation table). Without any auxiliary loss
+# the box stays at the mean-box level.
 #
 # The heads are dropped at export: the base is a stock `Qwen2_5_VLForConditionalGeneration` folder,
 # shipped in `zoomdx_lib/base` with a model card and SHA-256 checksums. By default this notebook

@@ -14,7 +14,7 @@ from zoomdx_lib.geometry import model_box, model_input_size
 from zoomdx_lib.config import SHIPPED_BASE
 from zoomdx_lib.eval.grounding import fresh_cases, grounding_report
 from zoomdx_lib.model.load import ChecksumError, load_model_and_processor, verify_checksums, write_checksums
-from zoomdx_lib.train.pretrain import (HEADS_FILE, PretrainConfig, dense_targets, encode_case, pretrain,
+from zoomdx_lib.train.pretrain import (AUX_LOSSES, HEADS_FILE, PretrainConfig, dense_targets, encode_case, pretrain,
                                        stream_case, stream_seed)
 
 
@@ -75,7 +75,7 @@ def test_curriculum_covers_exactly_its_first_steps_and_survives_a_resume(tmp_pat
 def tiny_run(tmp_path_factory):
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("pretrain")
-    cfg = PretrainConfig(steps=4, batch_size=2, checkpoint_every=2, tiny=_SMOKE_TINY)
+    cfg = PretrainConfig(steps=4, batch_size=2, checkpoint_every=2, tiny=_SMOKE_TINY, aux=AUX_LOSSES)  # all losses run
     result = pretrain(cfg, out / "straight", progress=False, evaluate=lambda m, p: {"calls": 1}, eval_every=2)
     return cfg, out, result
 
@@ -170,7 +170,11 @@ def test_model_card_of_a_second_stage_names_both_stages_and_adds_their_time(tiny
                majority_acc=0.25, tool_call_valid=1.0)
     card = model_card(stage2, {"liver": row}, tmp_path / "stage2", seconds=3600.0)
     assert f"in two stages: {cfg.steps} steps" in card and "then 1 steps" in card and "50% of cases" in card
-    assert f"{(3600.0 + seconds) / 3600:.2f} h" in card and "| liver" in card
+    assert f"{(3600.0 + seconds) / 3600:.2f} h ({seconds / 60:.0f} + 60 min)" in card and "| liver" in card
+    aux1 = ", ".join(cfg.aux)
+    assert f"auxiliary {aux1}\n" in card                                # both stages had the same losses
+    other = dataclasses.replace(stage2, aux=("mask",))
+    assert f"auxiliary {aux1} in stage 1, mask in stage 2" in model_card(other, {"liver": row}, out, 1.0)
     assert earlier_stage(cfg) is None and "in two stages" not in model_card(cfg, {"liver": row}, out, None)
 
 def test_checksums_catch_a_changed_file(tmp_path):

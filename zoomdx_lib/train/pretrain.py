@@ -19,7 +19,8 @@ language model ground the box (each switchable, for the ablation):
 - ``pos``: a linear head regresses each token's own (row, column): rotary positions steer attention
   but never enter the values read back, so without it no token can say where it is;
 - ``attn``: one head per language-model layer is pulled onto the in-box image tokens at every query
-  that predicts a box digit (negative log of its in-box attention mass).
+  that predicts a box digit (negative log of its in-box attention mass). Off by default: with ``mask``
+  and ``pos`` on, it slowed localisation and ended worse on breast (the README's ablation).
 
 The heads live beside the model during training (saved in the checkpoints as
 ``aux_heads.safetensors``) and are dropped at export, so the result is a stock
@@ -58,7 +59,8 @@ from ..rl.zoom import zoom
 from .loop import LoopConfig, run_loop
 from .sft import SFTExample, cosine_schedule, encode_conversation
 
-AUX_LOSSES = ("mask", "pos", "attn")
+AUX_LOSSES = ("mask", "pos", "attn")  # every auxiliary loss this stage knows
+DEFAULT_AUX = ("mask", "pos")          # the shipped recipe: the attn loss measured no help (README ablation)
 HEADS_FILE = "aux_heads.safetensors"
 STREAM_SIZE = 2 ** 31 - 1        # indices of the case stream the loop draws from
 TOKEN = 28                       # model-input pixels per merged visual token (patch 14 x merge 2)
@@ -77,7 +79,7 @@ class PretrainConfig:
     crop_pixels: int = 112 * 112
     min_pixels: int = 112 * 112
     max_pixels: int = 224 * 224
-    aux: tuple[str, ...] = AUX_LOSSES
+    aux: tuple[str, ...] = DEFAULT_AUX
     aux_weights: dict = field(default_factory=lambda: dict(mask=1.0, pos=1.0, attn=0.5))
     attn_head: int = 0                 # the head of each layer the attention loss guides
     rationales: float = 0.0            # share of cases whose turns carry the SFT data's rationales (else a fixed one)

@@ -27,7 +27,7 @@ from ..eval.grounding import fresh_cases, grounding_report
 from ..io import atomic_write_json
 from ..model.load import load_model_and_processor, write_checksums
 from ..train.loop import read_log
-from ..train.pretrain import AUX_LOSSES, PretrainConfig, pretrain, read_evals
+from ..train.pretrain import AUX_LOSSES, DEFAULT_AUX, PretrainConfig, pretrain, read_evals
 
 HELD_OUT_SEED = zlib.crc32(b"zoomdx-pretrain-heldout") & 0x7FFFFFFF   # curves during training
 CARD_SEEDS = {"liver": 7101, "breast": 7102, "thyroid": 7103}          # the model card's numbers
@@ -101,9 +101,10 @@ def model_card(cfg: PretrainConfig, numbers: dict, run_dir, seconds: Optional[fl
         f"{r['acc']:.3f} [{r['acc_ci'][0]:.3f}, {r['acc_ci'][1]:.3f}] | {r['majority_acc']:.3f} | "
         f"{r['tool_call_valid']:.2f} |" for o, r in numbers.items())
     stage1 = earlier_stage(cfg)
+    hours = f"{seconds / 3600:.2f} h" if seconds else "see log.jsonl"
     if stage1:
         first, first_s = stage1
-        seconds = (seconds or 0.0) + first_s
+        hours = f"{(first_s + (seconds or 0.0)) / 3600:.2f} h ({first_s / 60:.0f} + {(seconds or 0.0) / 60:.0f} min)"
         recipe = (f"in two stages: {first.steps} steps of batch {first.batch_size} (lr {first.lr}, cosine, "
                   f"{first.warmup} warm-up steps, stream seed {first.seed}; data: {_turns(first)}), then {cfg.steps} "
                   f"steps of batch {cfg.batch_size} from its last checkpoint (lr {cfg.lr}, a fresh cosine schedule, "
@@ -111,19 +112,21 @@ def model_card(cfg: PretrainConfig, numbers: dict, run_dir, seconds: Optional[fl
     else:
         recipe = (f"for {cfg.steps} steps of batch {cfg.batch_size} (lr {cfg.lr}, cosine, {cfg.warmup} warm-up "
                   f"steps; data: {_turns(cfg)})")
-    hours = f"{seconds / 3600:.2f} h" if seconds else "see log.jsonl"
+    aux = ", ".join(cfg.aux) or "none"
+    if stage1 and tuple(first.aux) != tuple(cfg.aux):
+        aux = f"{', '.join(first.aux) or 'none'} in stage 1, {aux} in stage 2"
     return f"""# ZoomDx tiny base (Qwen2.5-VL architecture, trained from scratch)
 
 A stock `Qwen2_5_VLForConditionalGeneration` ({cfg.tiny}) pretrained offline by
 `python -m zoomdx_lib.workbook.base` (module `zoomdx_lib.train.pretrain`) {recipe}; {hours} of
-training steps on 2 CPU cores.
+training steps' wall time on 2 CPU cores.
 
 **Data**: a stream of freshly generated synthetic {' and '.join(cfg.organs)} cases, {cfg.image_size} px,
 generator seeds `zoomdx_lib.train.pretrain.stream_seed(SEED, organ)` with each stage's stream seed (never
 a data split's seed, never thyroid, never real images). Each case is a complete Zoom-then-Diagnose
 dialogue with the true box and the zoom tool's crop of it.
 
-**Losses**: cross-entropy on both assistant turns + auxiliary {', '.join(cfg.aux) or 'none'}
+**Losses**: cross-entropy on both assistant turns + auxiliary {aux}
 (weights {cfg.aux_weights}); the auxiliary heads are dropped at export.
 
 **Held-out numbers** (`python -m zoomdx_lib.eval.grounding --organ ORGAN --n 64 --seed SEED`): box
@@ -161,7 +164,8 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--steps", type=int, default=PretrainConfig.steps)
     ap.add_argument("--batch-size", type=int, default=PretrainConfig.batch_size)
     ap.add_argument("--lr", type=float, default=PretrainConfig.lr)
-    ap.add_argument("--aux", default=",".join(AUX_LOSSES), help="auxiliary losses, comma-separated ('' for none)")
+    ap.add_argument("--aux", default=",".join(DEFAULT_AUX),
+                    help=f"auxiliary losses, comma-separated, from {','.join(AUX_LOSSES)} ('' for none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=PretrainConfig.warmup)
     ap.add_argument("--rationales", type=float, default=0.0,
