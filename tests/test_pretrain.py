@@ -159,7 +159,7 @@ def test_model_card_of_a_second_stage_names_both_stages_and_adds_their_time(tiny
     cfg, out, _ = tiny_run
     first = out / "straight" / json.loads((out / "straight" / "latest.json").read_text())["path"]
     stage2 = PretrainConfig(steps=1, batch_size=2, lr=5e-4, warmup=0, seed=5, rationales=0.5, init_from=str(first),
-                            tiny=_SMOKE_TINY)
+                            tiny=_SMOKE_TINY, aux=cfg.aux)
     pretrain(stage2, tmp_path / "stage2", progress=False, evaluate=lambda m, p: {"calls": 1}, eval_every=1)
     history, evals = stage_curves(tmp_path / "stage2", stage2)
     assert [(r["step"], r["stage"]) for r in history] == [(1, 1), (2, 1), (3, 1), (4, 1), (5, 2)]
