@@ -27,7 +27,7 @@ from ..eval.grounding import fresh_cases, grounding_report
 from ..io import atomic_write_json
 from ..model.load import load_model_and_processor, write_checksums
 from ..train.loop import read_log
-from ..train.pretrain import AUX_LOSSES, DEFAULT_AUX, PretrainConfig, pretrain, read_evals
+from ..train.pretrain import AUX_LOSSES, PretrainConfig, pretrain, read_evals
 
 HELD_OUT_SEED = zlib.crc32(b"zoomdx-pretrain-heldout") & 0x7FFFFFFF   # curves during training
 CARD_SEEDS = {"liver": 7101, "breast": 7102, "thyroid": 7103}          # the model card's numbers
@@ -104,7 +104,8 @@ def model_card(cfg: PretrainConfig, numbers: dict, run_dir, seconds: Optional[fl
     hours = f"{seconds / 3600:.2f} h" if seconds else "see log.jsonl"
     if stage1:
         first, first_s = stage1
-        hours = f"{(first_s + (seconds or 0.0)) / 3600:.2f} h ({first_s / 60:.0f} + {(seconds or 0.0) / 60:.0f} min)"
+        second_s = seconds or 0.0
+        hours = f"{(first_s + second_s) / 3600:.2f} h ({first_s / 60:.0f} + {second_s / 60:.0f} min)"
         recipe = (f"in two stages: {first.steps} steps of batch {first.batch_size} (lr {first.lr}, cosine, "
                   f"{first.warmup} warm-up steps, stream seed {first.seed}; data: {_turns(first)}), then {cfg.steps} "
                   f"steps of batch {cfg.batch_size} from its last checkpoint (lr {cfg.lr}, a fresh cosine schedule, "
@@ -112,9 +113,10 @@ def model_card(cfg: PretrainConfig, numbers: dict, run_dir, seconds: Optional[fl
     else:
         recipe = (f"for {cfg.steps} steps of batch {cfg.batch_size} (lr {cfg.lr}, cosine, {cfg.warmup} warm-up "
                   f"steps; data: {_turns(cfg)})")
-    aux = ", ".join(cfg.aux) or "none"
+    names = lambda losses: ", ".join(losses) or "none"     # noqa: E731
+    aux = names(cfg.aux)
     if stage1 and tuple(first.aux) != tuple(cfg.aux):
-        aux = f"{', '.join(first.aux) or 'none'} in stage 1, {aux} in stage 2"
+        aux = f"{names(first.aux)} in stage 1, {aux} in stage 2"
     return f"""# ZoomDx tiny base (Qwen2.5-VL architecture, trained from scratch)
 
 A stock `Qwen2_5_VLForConditionalGeneration` ({cfg.tiny}) pretrained offline by
@@ -164,7 +166,7 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--steps", type=int, default=PretrainConfig.steps)
     ap.add_argument("--batch-size", type=int, default=PretrainConfig.batch_size)
     ap.add_argument("--lr", type=float, default=PretrainConfig.lr)
-    ap.add_argument("--aux", default=",".join(DEFAULT_AUX),
+    ap.add_argument("--aux", default=",".join(PretrainConfig.aux),
                     help=f"auxiliary losses, comma-separated, from {','.join(AUX_LOSSES)} ('' for none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--warmup", type=int, default=PretrainConfig.warmup)
