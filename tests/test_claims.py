@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from zoomdx_lib.eval.claims import CLAIMS, paired_difference, paper_claims, verdict
+from zoomdx_lib.eval.claims import (CLAIMS, claims_over_runs, mean_paired_difference, paired_difference, paper_claims,
+                                   verdict)
 from zoomdx_lib.eval.scores import bootstrap_greedy, calibration_metrics, greedy_metrics
 
 
@@ -93,3 +94,79 @@ def test_paper_claims_pool_organs_skip_thyroid_for_zoom_and_judge_calibration():
     missing = [r for r in rows if r["worse"] == "grpo_accuracy_only" or r["worse"] == "grpo_uncertainty_group"]
     assert missing and all(r["verdict"] == "not measured" for r in missing)
     assert {c.text for c in CLAIMS} == {r["claim"] for r in rows}
+
+
+def test_one_run_pooled_over_runs_is_the_single_paired_difference():
+    better, worse, _, _ = correlated_pair()
+    single = paired_difference(better, worse, greedy_metrics, ["acc"], n_boot=400, seed=3)["acc"]
+    out = mean_paired_difference([(better, worse)], greedy_metrics, "acc", n_boot=400, seed=3)
+    assert (out["delta"], out["low"], out["high"]) == pytest.approx(single) and out["per_run"] == [single[0]]
+
+
+def test_runs_are_averaged_with_equal_weight_and_resampled_within_each_run():
+    """Two chain seeds with case ids that collide (each run names its cases the same way): one run gains 12
+    of 40 cases, the other none. The mean is the average of the two, and the stratified interval agrees with
+    a direct numpy bootstrap of (mean over runs of the per-run mean difference)."""
+    rng = np.random.default_rng(5)
+    runs, diffs = [], []
+    for gain in (12, 0):
+        right = rng.random(40) < 0.5
+        better_right = right.copy()
+        better_right[np.flatnonzero(~right)[:gain]] = True
+        runs.append(([greedy_record(f"x{i}", better_right[i]) for i in range(40)],
+                     [greedy_record(f"x{i}", right[i]) for i in range(40)]))
+        diffs.append(better_right.astype(float) - right.astype(float))
+    out = mean_paired_difference(runs, greedy_metrics, "acc", n_boot=2000, seed=0)
+    assert out["per_run"] == pytest.approx([12 / 40, 0.0]) and out["delta"] == pytest.approx(6 / 40)
+    draw = np.random.default_rng(9)
+    ref = [np.mean([d[draw.integers(0, 40, 40)].mean() for d in diffs]) for _ in range(2000)]
+    lo, hi = np.quantile(ref, [0.025, 0.975])
+    assert out["low"] == pytest.approx(lo, abs=0.02) and out["high"] == pytest.approx(hi, abs=0.02)
+    with pytest.raises(ValueError, match="x39"):      # pairing stays within a run, and is checked there
+        mean_paired_difference([runs[0], (runs[1][0], runs[1][1][:-1])], greedy_metrics, "acc", n_boot=10)
+
+
+def test_claims_over_runs_counts_runs_agreement_and_skips_a_run_without_the_methods():
+    def run(gain, with_rl=True):
+        results = {}
+        for d in ("test_liver", "test_breast"):
+            better, worse, _, _ = correlated_pair(extra=gain, seed=len(d))
+            for r in better + worse:
+                r["id"] = d + r["id"]
+            results[("zoom_sft", d, "greedy", 7)] = better
+            results[("single_turn_sft", d, "greedy", 7)] = worse
+            if with_rl:
+                cases = [(f"{d}{i}", i % 2) for i in range(20)]
+                results[("grpo_uncertainty_credit", d, "sample", 7)] = [sampled_record(i, c, 8 if c else 3)
+                                                                       for i, c in cases]
+                results[("zoom_sft", d, "sample", 7)] = [sampled_record(i, c, 5) for i, c in cases]
+        return results, 7
+    rows = claims_over_runs({"s0": run(6), "s1": run(0), "s2": run(4, with_rl=False)},
+                            ["test_liver", "test_breast"], n_boot=200)
+    zoom = {r["dataset"]: r for r in rows if r["claim"] == "zoom beats no zoom (Acc)"}
+    pooled = zoom["liver+breast"]
+    assert pooled["runs"] == 3 and pooled["n"] == 240 and pooled["agree"] == 2
+    assert pooled["per_run"] == "+0.150, +0.000, +0.100" and pooled["delta"] == pytest.approx(0.25 / 3)
+    align = {r["dataset"]: r for r in rows if r["claim"] == "uncertainty RL beats SFT on Align"}
+    assert align["liver+breast"]["runs"] == 2 and align["liver+breast"]["delta"] == pytest.approx(0.5)
+    assert all(r["verdict"] == "not measured" and r["runs"] == 0 for r in rows if r["worse"] == "grpo_accuracy_only")
+
+
+def test_claims_command_reads_chain_folders_and_writes_the_table(tmp_path, capsys):
+    from zoomdx_lib.eval.claims import main
+    from zoomdx_lib.eval.generate import cache_path
+    from zoomdx_lib.io import write_jsonl
+    for seed, gain in ((0, 6), (1, 2)):
+        for d in ("test_liver", "test_breast"):
+            better, worse, _, _ = correlated_pair(extra=gain, seed=seed)
+            for r in better + worse:
+                r["id"] = d + r["id"]
+            write_jsonl(cache_path(tmp_path / f"chain{seed}" / "generations", "zoom_sft", d, "greedy", seed), better)
+            write_jsonl(cache_path(tmp_path / f"chain{seed}" / "generations", "single_turn_sft", d, "greedy", seed),
+                        worse)
+    main([str(tmp_path / "chain0"), str(tmp_path / "chain1"), "--out", str(tmp_path / "t" / "claims"), "--n-boot", "50"])
+    text = (tmp_path / "t" / "claims.md").read_text()
+    assert "over 2 runs" in text and "liver+breast" in text and "+0.150, +0.050" in text
+    assert capsys.readouterr().out.startswith("The paper's claims over 2 runs")
+    with pytest.raises(ValueError, match="one evaluation seed"):
+        main([str(tmp_path / "nothing")])

@@ -47,6 +47,18 @@ CLAIMS = (
 POOLED = {"liver+breast": ("test_liver", "test_breast")}
 
 
+def matched_cases(better: Sequence[dict], worse: Sequence[dict]) -> tuple[list, list]:
+    """The two record lists in the same case order (matched by ``id``); ValueError naming an unmatched case."""
+    by_id = {r["id"]: r for r in worse}
+    ids = [r["id"] for r in better]
+    missing = sorted(set(ids) ^ set(by_id))
+    if missing or len(ids) != len(by_id):
+        first = f"case {missing[0]!r} is in only one list" if missing else "an id appears twice"
+        raise ValueError(f"paired comparison needs the same cases for both methods ({first}); "
+                         f"unmatched case ids: {missing[:5]}")
+    return list(better), [by_id[i] for i in ids]
+
+
 def paired_difference(better: Sequence[dict], worse: Sequence[dict], metric_fn: Callable[[list], dict],
                       keys: Sequence[str], n_boot: int = 1000, seed: int = 0) -> dict:
     """``{key: (point, low, high)}`` of ``metric_fn(better)[key] - metric_fn(worse)[key]``, 95 % percentile
@@ -60,15 +72,7 @@ def paired_difference(better: Sequence[dict], worse: Sequence[dict], metric_fn: 
     >>> paired_difference(a, b, greedy_metrics, ["acc"], n_boot=200)["acc"][0]
     0.5
     """
-    by_id = {r["id"]: r for r in worse}
-    ids = [r["id"] for r in better]
-    missing = sorted(set(ids) ^ set(by_id))
-    if missing or len(ids) != len(by_id):
-        first = f"case {missing[0]!r} is in only one list" if missing else "an id appears twice"
-        raise ValueError(f"paired comparison needs the same cases for both methods ({first}); "
-                         f"unmatched case ids: {missing[:5]}")
-    b = list(better)
-    w = [by_id[i] for i in ids]
+    b, w = matched_cases(better, worse)
 
     def fn(idx):
         mb = metric_fn(b if idx is None else [b[i] for i in idx])
@@ -89,28 +93,163 @@ def verdict(low: float, high: float, higher_is_better: bool = True) -> str:
     return "supported" if lo > 0 else "contradicted" if hi < 0 else "not separable from noise"
 
 
+def _scopes(datasets: Sequence[str], pooled: dict) -> list[tuple[str, tuple]]:
+    return [(d, (d,)) for d in datasets] + [(name, parts) for name, parts in pooled.items()
+                                            if all(p in datasets for p in parts)]
+
+
+def _claim_records(results: dict, claim: Claim, parts: Sequence[str], seed: int):
+    """(better, worse) records of `claim` on the union of the datasets `parts`; None if either was not evaluated."""
+    got = [[results.get((m, d, claim.mode, seed)) for d in parts] for m in (claim.better, claim.worse)]
+    if any(r is None for side in got for r in side):
+        return None
+    return tuple([r for part in side for r in part] for side in got)
+
+
+def _metric_fns(delta: float) -> dict:
+    return {"greedy": greedy_metrics, "sample": lambda recs: calibration_metrics(recs, delta)}
+
+
+def _empty_row(claim: Claim, name: str, parts: Sequence[str]) -> dict:
+    return dict(claim=claim.text, dataset=name, metric=claim.metric, better=claim.better, worse=claim.worse,
+                cross_domain="test_thyroid" in parts, n=0, delta=float("nan"), low=float("nan"),
+                high=float("nan"), verdict="not measured")
+
+
 def paper_claims(results: dict, datasets: Sequence[str], seed: int = 0, n_boot: int = 1000,
                  delta: float = PAPER.delta, claims: Sequence[Claim] = CLAIMS, pooled: dict = POOLED) -> list[dict]:
     """One row per (claim, dataset or pool): the paired difference (better − worse) with its interval and
     verdict. `results` maps (method, dataset, mode, seed) to records (:func:`zoomdx_lib.eval.generate.
     evaluate_methods`); a claim whose methods were not evaluated is listed as 'not measured'."""
-    metric_fns = {"greedy": greedy_metrics, "sample": lambda recs: calibration_metrics(recs, delta)}
-    scopes = [(d, (d,)) for d in datasets] + [(name, parts) for name, parts in pooled.items()
-                                                if all(p in datasets for p in parts)]
+    metric_fns = _metric_fns(delta)
     rows = []
     for claim in claims:
-        for name, parts in scopes:
+        for name, parts in _scopes(datasets, pooled):
             if claim.in_domain_only and "test_thyroid" in parts:
                 continue
-            row = dict(claim=claim.text, dataset=name, metric=claim.metric, better=claim.better, worse=claim.worse,
-                       cross_domain="test_thyroid" in parts, n=0, delta=float("nan"), low=float("nan"),
-                       high=float("nan"), verdict="not measured")
-            got = [[results.get((m, d, claim.mode, seed)) for d in parts] for m in (claim.better, claim.worse)]
-            if all(r is not None for side in got for r in side):
-                recs = [[r for part in side for r in part] for side in got]
+            row = _empty_row(claim, name, parts)
+            recs = _claim_records(results, claim, parts, seed)
+            if recs is not None:
                 point, low, high = paired_difference(recs[0], recs[1], metric_fns[claim.mode], [claim.metric],
                                                      n_boot, seed)[claim.metric]
                 row.update(n=len(recs[0]), delta=point, low=low, high=high,
                            verdict=verdict(low, high, claim.higher_is_better))
             rows.append(row)
     return rows
+
+
+def mean_paired_difference(pairs: Sequence[tuple[Sequence[dict], Sequence[dict]]], metric_fn: Callable[[list], dict],
+                           key: str, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
+    """The paired difference (better − worse) averaged over independent replicates, each weighted equally.
+
+    `pairs` holds one (better, worse) pair of record lists per replicate (e.g. per chain seed: its own test
+    cases, its own trained models); records are matched by ``id`` within a replicate only. Returns
+    ``{"delta", "low", "high", "per_run"}``: the mean of the replicates' differences, its 95 % percentile
+    interval from a bootstrap that resamples cases *within* each replicate (stratified; one draw per
+    replicate shared by both methods), and each replicate's own difference. The interval measures test-case
+    noise given these trained models; how much training itself varies shows in `per_run`, not in the
+    interval. With a single replicate it is :func:`paired_difference` (same draws).
+
+    >>> rec = lambda i, ok: {"id": i, "c": 1, "label": "A", "rollouts": [{"answer": "A" if ok else "B",
+    ...        "iou": 0.5, "tool_error": None, "fmt": 1.0}]}
+    >>> one = ([rec(i, True) for i in range(4)], [rec(i, i < 2) for i in range(4)])    # +0.5
+    >>> two = ([rec(i, True) for i in range(4)], [rec(i, True) for i in range(4)])     # 0
+    >>> out = mean_paired_difference([one, two], greedy_metrics, "acc", n_boot=100)
+    >>> out["delta"], out["per_run"]
+    (0.25, [0.5, 0.0])
+    """
+    matched = [matched_cases(b, w) for b, w in pairs]
+
+    def diff(b, w, idx=None):
+        if idx is not None:
+            b, w = [b[j] for j in idx], [w[j] for j in idx]
+        return float(metric_fn(b)[key]) - float(metric_fn(w)[key])
+
+    per_run = [diff(b, w) for b, w in matched]
+    rng = np.random.default_rng(seed)
+    reps = np.array([np.mean([diff(b, w, rng.integers(0, len(b), size=len(b))) for b, w in matched])
+                     for _ in range(n_boot)]) if matched and all(len(b) for b, _ in matched) else np.array([])
+    reps = reps[np.isfinite(reps)]
+    low, high = np.quantile(reps, [alpha / 2, 1 - alpha / 2]) if reps.size else (float("nan"), float("nan"))
+    return dict(delta=float(np.mean(per_run)) if per_run else float("nan"), low=float(low), high=float(high),
+                per_run=per_run)
+
+
+def claims_over_runs(runs: dict, datasets: Sequence[str], n_boot: int = 1000, seed: int = 0,
+                     delta: float = PAPER.delta, claims: Sequence[Claim] = CLAIMS, pooled: dict = POOLED) -> list[dict]:
+    """The paper's claims judged over several independent runs of the chain (e.g. chain seeds 0, 1, 2).
+
+    `runs` maps a run's name to ``(results, eval_seed)`` as :func:`paper_claims` takes them. One row per
+    (claim, dataset or pool) with :func:`mean_paired_difference` over the runs that evaluated both methods:
+    ``runs`` (how many), ``n`` (cases in all), ``delta``/``low``/``high``/``verdict`` as in
+    :func:`paper_claims`, ``per_run`` (each run's own difference) and ``agree`` (how many runs' own
+    differences lie on the claimed side of 0).
+    """
+    metric_fns = _metric_fns(delta)
+    rows = []
+    for claim in claims:
+        for name, parts in _scopes(datasets, pooled):
+            if claim.in_domain_only and "test_thyroid" in parts:
+                continue
+            row = _empty_row(claim, name, parts)
+            got = {run: recs for run, (results, eval_seed) in runs.items()
+                   if (recs := _claim_records(results, claim, parts, eval_seed)) is not None}
+            row.update(runs=len(got), per_run="", agree=0)
+            if got:
+                out = mean_paired_difference(list(got.values()), metric_fns[claim.mode], claim.metric, n_boot, seed)
+                sign = 1 if claim.higher_is_better else -1
+                row.update(n=sum(len(b) for b, _ in got.values()), delta=out["delta"], low=out["low"],
+                           high=out["high"], verdict=verdict(out["low"], out["high"], claim.higher_is_better),
+                           per_run=", ".join(f"{d:+.3f}" for d in out["per_run"]),
+                           agree=int(sum(sign * d > 0 for d in out["per_run"])))
+            rows.append(row)
+    return rows
+
+
+DATASET_ORDER = ("test_liver", "test_breast", "test_thyroid", "test_busbra")
+
+
+def load_run(run_dir) -> tuple[dict, int]:
+    """(results, eval seed) of a finished chain folder, read from its cached generations."""
+    from pathlib import Path
+
+    from .generate import load_cached
+    results = load_cached(Path(run_dir) / "generations")
+    seeds = sorted({k[3] for k in results})
+    if len(seeds) != 1:
+        raise ValueError(f"{run_dir}: expected generations of one evaluation seed, found {seeds or 'none'} "
+                         f"(is this a finished chain folder?)")
+    return results, seeds[0]
+
+
+def main(argv=None) -> None:
+    import argparse
+    from pathlib import Path
+
+    import pandas as pd
+    ap = argparse.ArgumentParser(prog="python -m zoomdx_lib.eval.claims",
+                                 description="The paper's claims pooled over several chain runs (e.g. chain seeds): "
+                                             "mean paired difference, case-resampled interval, each run's own value.")
+    ap.add_argument("runs", nargs="+", help="finished chain folders (python -m zoomdx_lib.workbook.runner --out DIR)")
+    ap.add_argument("--out", default=None, help="write the table here (.md and .csv beside it)")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    args = ap.parse_args(argv)
+    runs = {str(r): load_run(r) for r in args.runs}
+    present = set.intersection(*({k[1] for k in res} for res, _ in runs.values()))
+    datasets = [d for d in DATASET_ORDER if d in present] + sorted(present - set(DATASET_ORDER))
+    rows = claims_over_runs(runs, datasets, n_boot=args.n_boot)
+    table = pd.DataFrame([r for r in rows if r["verdict"] != "not measured"]).set_index(["claim", "dataset"])
+    cols = ["metric", "runs", "n", "delta", "low", "high", "per_run", "agree", "verdict"]
+    text = (f"The paper's claims over {len(runs)} runs ({', '.join(runs)}): mean of the runs' paired differences "
+            f"(better − worse), 95 % interval resampling cases within each run\n\n"
+            + table[cols].round(3).to_markdown() + "\n")
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(text)
+        table.to_csv(out.with_suffix(".csv"))
+
+
+if __name__ == "__main__":
+    main()
