@@ -113,6 +113,11 @@ display(text_scores.round(3))
 # difference (better − worse, cases resampled once for both methods): `supported` when the whole 95 %
 # interval lies on the claimed side of 0, `contradicted` when it lies wholly on the other side, otherwise
 # `not separable from noise`. The `liver+breast` rows pool the two training organs' cases.
+#
+# One chain is one draw of the training data and of every training step: at the cpu profile's 40 test cases
+# the seed-to-seed spread is as large as the effects (README). To judge a claim over several chains (run
+# with `--seed 0`, `--seed 1`, ...), `python -m zoomdx_lib.eval.claims RUN_DIR [RUN_DIR ...]` averages each
+# run's paired difference, resamples cases within each run, and lists each run's own value beside the mean.
 
 # %%
 with run.phase("claims_bootstrap"):
