@@ -9,13 +9,17 @@ separable from noise`` otherwise. Pooled rows (e.g. liver + breast) resample the
 """
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from ..config import PAPER
 from . import metrics as M
+from .generate import load_cached
 from .scores import calibration_metrics, greedy_metrics
 
 
@@ -211,9 +215,6 @@ DATASET_ORDER = ("test_liver", "test_breast", "test_thyroid", "test_busbra")
 
 def load_run(run_dir) -> tuple[dict, int]:
     """(results, eval seed) of a finished chain folder, read from its cached generations."""
-    from pathlib import Path
-
-    from .generate import load_cached
     results = load_cached(Path(run_dir) / "generations")
     seeds = sorted({k[3] for k in results})
     if len(seeds) != 1:
@@ -223,10 +224,6 @@ def load_run(run_dir) -> tuple[dict, int]:
 
 
 def main(argv=None) -> None:
-    import argparse
-    from pathlib import Path
-
-    import pandas as pd
     ap = argparse.ArgumentParser(prog="python -m zoomdx_lib.eval.claims",
                                  description="The paper's claims pooled over several chain runs (e.g. chain seeds): "
                                              "mean paired difference, case-resampled interval, each run's own value.")
