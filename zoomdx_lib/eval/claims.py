@@ -97,9 +97,15 @@ def verdict(low: float, high: float, higher_is_better: bool = True) -> str:
     return "supported" if lo > 0 else "contradicted" if hi < 0 else "not separable from noise"
 
 
-def _scopes(datasets: Sequence[str], pooled: dict) -> list[tuple[str, tuple]]:
-    return [(d, (d,)) for d in datasets] + [(name, parts) for name, parts in pooled.items()
-                                            if all(p in datasets for p in parts)]
+def _claim_scopes(claims: Sequence[Claim], datasets: Sequence[str], pooled: dict):
+    """(claim, scope name, its datasets) for every claim on every dataset and complete pool, leaving out the
+    zero-shot thyroid for claims judged in-domain only."""
+    scopes = [(d, (d,)) for d in datasets] + [(name, parts) for name, parts in pooled.items()
+                                              if all(p in datasets for p in parts)]
+    for claim in claims:
+        for name, parts in scopes:
+            if not (claim.in_domain_only and "test_thyroid" in parts):
+                yield claim, name, parts
 
 
 def _claim_records(results: dict, claim: Claim, parts: Sequence[str], seed: int):
@@ -127,18 +133,15 @@ def paper_claims(results: dict, datasets: Sequence[str], seed: int = 0, n_boot: 
     evaluate_methods`); a claim whose methods were not evaluated is listed as 'not measured'."""
     metric_fns = _metric_fns(delta)
     rows = []
-    for claim in claims:
-        for name, parts in _scopes(datasets, pooled):
-            if claim.in_domain_only and "test_thyroid" in parts:
-                continue
-            row = _empty_row(claim, name, parts)
-            recs = _claim_records(results, claim, parts, seed)
-            if recs is not None:
-                point, low, high = paired_difference(recs[0], recs[1], metric_fns[claim.mode], [claim.metric],
-                                                     n_boot, seed)[claim.metric]
-                row.update(n=len(recs[0]), delta=point, low=low, high=high,
-                           verdict=verdict(low, high, claim.higher_is_better))
-            rows.append(row)
+    for claim, name, parts in _claim_scopes(claims, datasets, pooled):
+        row = _empty_row(claim, name, parts)
+        recs = _claim_records(results, claim, parts, seed)
+        if recs is not None:
+            point, low, high = paired_difference(recs[0], recs[1], metric_fns[claim.mode], [claim.metric],
+                                                 n_boot, seed)[claim.metric]
+            row.update(n=len(recs[0]), delta=point, low=low, high=high,
+                       verdict=verdict(low, high, claim.higher_is_better))
+        rows.append(row)
     return rows
 
 
@@ -191,22 +194,19 @@ def claims_over_runs(runs: dict, datasets: Sequence[str], n_boot: int = 1000, se
     """
     metric_fns = _metric_fns(delta)
     rows = []
-    for claim in claims:
-        for name, parts in _scopes(datasets, pooled):
-            if claim.in_domain_only and "test_thyroid" in parts:
-                continue
-            row = _empty_row(claim, name, parts)
-            got = {run: recs for run, (results, eval_seed) in runs.items()
-                   if (recs := _claim_records(results, claim, parts, eval_seed)) is not None}
-            row.update(runs=len(got), per_run="", agree=0)
-            if got:
-                out = mean_paired_difference(list(got.values()), metric_fns[claim.mode], claim.metric, n_boot, seed)
-                sign = 1 if claim.higher_is_better else -1
-                row.update(n=sum(len(b) for b, _ in got.values()), delta=out["delta"], low=out["low"],
-                           high=out["high"], verdict=verdict(out["low"], out["high"], claim.higher_is_better),
-                           per_run=", ".join(f"{d:+.3f}" for d in out["per_run"]),
-                           agree=int(sum(sign * d > 0 for d in out["per_run"])))
-            rows.append(row)
+    for claim, name, parts in _claim_scopes(claims, datasets, pooled):
+        row = _empty_row(claim, name, parts)
+        got = [recs for results, eval_seed in runs.values()
+               if (recs := _claim_records(results, claim, parts, eval_seed)) is not None]
+        row.update(runs=len(got), per_run="", agree=0)
+        if got:
+            out = mean_paired_difference(got, metric_fns[claim.mode], claim.metric, n_boot, seed)
+            sign = 1 if claim.higher_is_better else -1
+            row.update(n=sum(len(b) for b, _ in got), delta=out["delta"], low=out["low"],
+                       high=out["high"], verdict=verdict(out["low"], out["high"], claim.higher_is_better),
+                       per_run=", ".join(f"{d:+.3f}" for d in out["per_run"]),
+                       agree=int(sum(sign * d > 0 for d in out["per_run"])))
+        rows.append(row)
     return rows
 
 
