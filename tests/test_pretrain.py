@@ -176,6 +176,9 @@ def test_model_card_of_a_second_stage_names_both_stages_and_adds_their_time(tiny
     other = dataclasses.replace(stage2, aux=("mask",))
     assert f"auxiliary {aux1} in stage 1, mask in stage 2" in model_card(other, {"liver": row}, out, 1.0)
     assert earlier_stage(cfg) is None and "in two stages" not in model_card(cfg, {"liver": row}, out, None)
+    assert "curriculum" not in card
+    easy_first = dataclasses.replace(cfg, curriculum_steps=7)
+    assert "no isoechoic lesion in the first 7 steps" in model_card(easy_first, {"liver": row}, out, None)
 
 def test_checksums_catch_a_changed_file(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"weights")

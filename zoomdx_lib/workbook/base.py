@@ -93,6 +93,11 @@ def _turns(cfg: PretrainConfig) -> str:
             f"be known to the base), the rest with {fixed}")
 
 
+def _curriculum(cfg: PretrainConfig) -> str:
+    return (f"; curriculum: no isoechoic lesion in the first {cfg.curriculum_steps} steps"
+            if cfg.curriculum_steps else "")
+
+
 def model_card(cfg: PretrainConfig, numbers: dict, run_dir, seconds: Optional[float]) -> str:
     """The shipped base's MODEL_CARD.md (both stages when `cfg` continues an earlier run)."""
     rows = "\n".join(
@@ -107,12 +112,12 @@ def model_card(cfg: PretrainConfig, numbers: dict, run_dir, seconds: Optional[fl
         second_s = seconds or 0.0
         hours = f"{(first_s + second_s) / 3600:.2f} h ({first_s / 60:.0f} + {second_s / 60:.0f} min)"
         recipe = (f"in two stages: {first.steps} steps of batch {first.batch_size} (lr {first.lr}, cosine, "
-                  f"{first.warmup} warm-up steps, stream seed {first.seed}; data: {_turns(first)}), then {cfg.steps} "
+                  f"{first.warmup} warm-up steps, stream seed {first.seed}; data: {_turns(first)}{_curriculum(first)}), then {cfg.steps} "
                   f"steps of batch {cfg.batch_size} from its last checkpoint (lr {cfg.lr}, a fresh cosine schedule, "
-                  f"{cfg.warmup} warm-up steps, stream seed {cfg.seed}; data: {_turns(cfg)})")
+                  f"{cfg.warmup} warm-up steps, stream seed {cfg.seed}; data: {_turns(cfg)}{_curriculum(cfg)})")
     else:
         recipe = (f"for {cfg.steps} steps of batch {cfg.batch_size} (lr {cfg.lr}, cosine, {cfg.warmup} warm-up "
-                  f"steps; data: {_turns(cfg)})")
+                  f"steps; data: {_turns(cfg)}{_curriculum(cfg)})")
     names = lambda losses: ", ".join(losses) or "none"     # noqa: E731
     aux = names(cfg.aux)
     if stage1 and tuple(first.aux) != tuple(cfg.aux):
