@@ -20,12 +20,13 @@ install: $(VENV)/.installed
 workbook: install
 	$(PY) -m zoomdx_lib.workbook.runner --profile $(PROFILE) --out $(RUN) $(PUBLISH) $(ARGS)
 
-# Pretrain the tiny base in two stages (each resumable; about 80 + 45 min on 2 cores) and copy it into
+# Pretrain the tiny base in two stages (each resumable; 45-80 + 30-45 min on 2 cores) and copy it into
 # zoomdx_lib/base: stage 1 learns to find and read lesions, stage 2 continues on a new stream in which
 # half the cases carry the SFT data's rationales (LoRA never trains embeddings, so the base must know them).
-# Both stages use the default auxiliary losses, mask and pos (--aux to change them).
+# Both stages use the default auxiliary losses, mask and pos (--aux to change them); stage 1 draws no
+# isoechoic lesion in its first 1000 steps (--curriculum).
 base: install
-	$(PY) -m zoomdx_lib.workbook.base --out runs/base --steps 2000 --lr 1e-3 --seed 0 $(ARGS)
+	$(PY) -m zoomdx_lib.workbook.base --out runs/base --steps 2000 --lr 1e-3 --seed 0 --curriculum 1000 $(ARGS)
 	$(PY) -m zoomdx_lib.workbook.base --out runs/base_rationale --init-from runs/base/checkpoint-002000 \
 		--seed 2 --steps 1200 --lr 5e-4 --warmup 50 --rationales 0.5 --ship $(ARGS)
 
