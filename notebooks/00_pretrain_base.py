@@ -39,8 +39,9 @@
 # The heads are dropped at export: the base is a stock `Qwen2_5_VLForConditionalGeneration` folder,
 # shipped in `zoomdx_lib/base` with a model card and SHA-256 checksums. By default this notebook
 # *inspects the shipped base*; set `pretrain_steps` to train one here (`make base` trains the shipped
-# recipe in two stages: 2000 steps, then 1200 more on a new stream in which half the cases carry the SFT
-# data's rationales, about 2 h on 2 cores, resumable).
+# recipe in two stages: 2000 steps, the first 1000 without isoechoic lesions (easy contrast first), then
+# 1200 more on a new stream in which half the cases carry the SFT data's rationales; 1.3–2 h on 2 cores,
+# resumable).
 
 # %% tags=["parameters"]
 profile = "smoke"          # smoke | cpu | paper
