@@ -83,19 +83,19 @@ def stage_curves(run_dir, cfg: PretrainConfig) -> tuple[list[dict], list[dict]]:
     return h1 + shift(history), e1 + shift(evals)
 
 
-def _turns(cfg: PretrainConfig) -> str:
+def _stage_data(cfg: PretrainConfig) -> str:
+    """What one stage's dialogues hold, and its curriculum if it has one (the card's "data:" clause)."""
     fixed = ("turn 1 `<think>Focus on the lesion.</think>` + the tool call, the zoom tool's crop of that box, turn 2 "
              "the answer JSON")
     if not cfg.rationales:
-        return fixed + " (no rationale)"
-    return (f"{cfg.rationales:.0%} of cases written exactly as the SFT data writes them (a search rationale before the "
-            f"call, a diagnostic rationale before the answer: LoRA never trains the embeddings, so SFT's words must "
-            f"be known to the base), the rest with {fixed}")
-
-
-def _curriculum(cfg: PretrainConfig) -> str:
-    return (f"; curriculum: no isoechoic lesion in the first {cfg.curriculum_steps} steps"
-            if cfg.curriculum_steps else "")
+        turns = fixed + " (no rationale)"
+    else:
+        turns = (f"{cfg.rationales:.0%} of cases written exactly as the SFT data writes them (a search rationale "
+                 f"before the call, a diagnostic rationale before the answer: LoRA never trains the embeddings, so "
+                 f"SFT's words must be known to the base), the rest with {fixed}")
+    if cfg.curriculum_steps:
+        turns += f"; curriculum: no isoechoic lesion in the first {cfg.curriculum_steps} steps"
+    return turns
 
 
 def model_card(cfg: PretrainConfig, numbers: dict, run_dir, seconds: Optional[float]) -> str:
@@ -112,12 +112,12 @@ def model_card(cfg: PretrainConfig, numbers: dict, run_dir, seconds: Optional[fl
         second_s = seconds or 0.0
         hours = f"{(first_s + second_s) / 3600:.2f} h ({first_s / 60:.0f} + {second_s / 60:.0f} min)"
         recipe = (f"in two stages: {first.steps} steps of batch {first.batch_size} (lr {first.lr}, cosine, "
-                  f"{first.warmup} warm-up steps, stream seed {first.seed}; data: {_turns(first)}{_curriculum(first)}), then {cfg.steps} "
+                  f"{first.warmup} warm-up steps, stream seed {first.seed}; data: {_stage_data(first)}), then {cfg.steps} "
                   f"steps of batch {cfg.batch_size} from its last checkpoint (lr {cfg.lr}, a fresh cosine schedule, "
-                  f"{cfg.warmup} warm-up steps, stream seed {cfg.seed}; data: {_turns(cfg)}{_curriculum(cfg)})")
+                  f"{cfg.warmup} warm-up steps, stream seed {cfg.seed}; data: {_stage_data(cfg)})")
     else:
         recipe = (f"for {cfg.steps} steps of batch {cfg.batch_size} (lr {cfg.lr}, cosine, {cfg.warmup} warm-up "
-                  f"steps; data: {_turns(cfg)}{_curriculum(cfg)})")
+                  f"steps; data: {_stage_data(cfg)})")
     names = lambda losses: ", ".join(losses) or "none"     # noqa: E731
     aux = names(cfg.aux)
     if stage1 and tuple(first.aux) != tuple(cfg.aux):
