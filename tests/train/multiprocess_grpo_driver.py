@@ -1,8 +1,8 @@
-"""Driver for tests/test_multiprocess.py: GRPO steps through TRL's GRPOTrainer with scripted completions
-(the texts of tests/test_grpo_trl.py; TRL's tool loop, crop, rewards, advantages and loss run for real) and
+"""Driver for tests/train/test_multiprocess.py: GRPO steps through TRL's GRPOTrainer with scripted completions
+(the texts of tests/train/test_grpo_trl.py; TRL's tool loop, crop, rewards, advantages and loss run for real) and
 plain SGD, in one process or under ``accelerate launch``: the same global batch must give the same weights.
 
-    python tests/multiprocess_grpo_driver.py MODEL_DIR OUT_DIR STEPS
+    python tests/train/multiprocess_grpo_driver.py MODEL_DIR OUT_DIR STEPS
 """
 import functools
 import json

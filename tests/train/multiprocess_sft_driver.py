@@ -1,8 +1,8 @@
-"""Driver for tests/test_multiprocess.py: a few SFT steps through TRL's SFTTrainer with plain SGD and no
+"""Driver for tests/train/test_multiprocess.py: a few SFT steps through TRL's SFTTrainer with plain SGD and no
 dropout, in one process or under ``accelerate launch`` (weights then depend linearly on the gradients,
 so one process and N processes over the same global batch must agree to float rounding).
 
-    python tests/multiprocess_sft_driver.py MODEL_DIR DATA_DIR OUT_DIR STEPS GLOBAL_BATCH [CHECKPOINT_EVERY]
+    python tests/train/multiprocess_sft_driver.py MODEL_DIR DATA_DIR OUT_DIR STEPS GLOBAL_BATCH [CHECKPOINT_EVERY]
 """
 import sys
 

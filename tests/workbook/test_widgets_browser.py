@@ -31,7 +31,7 @@ import pytest
 
 from zoomdx_lib.workbook import widgets as W
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK = REPO_ROOT / "notebooks" / "05_rollout_browser.py"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HAVE_PLAYWRIGHT = importlib.util.find_spec("playwright") is not None
