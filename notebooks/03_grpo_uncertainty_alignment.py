@@ -24,7 +24,7 @@
 # R_group = 1[κ≥δ]·ξ on consensus cases and 1[κ<δ] on ambiguous ones (δ=0.75).
 #
 # **The cancellation.** R_group is one number per group, so under the paper's group-normalised advantage
-# (R_i − mean)/std it cancels exactly (`tests/test_rewards.py` proves it). Three estimators are offered:
+# (R_i − mean)/std it cancels exactly (`tests/rl/test_rewards.py` proves it). Three estimators are offered:
 # `group` (the paper as written: the group term never reaches the gradient), `batch` (baseline and scale over
 # the whole batch), and `credit` (per-rollout leave-one-out credit R_group(T) − R_group(T∖τ_i), added before
 # group normalisation). This notebook trains the accuracy-only ablation and the uncertainty-aligned variant
