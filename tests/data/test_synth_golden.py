@@ -16,8 +16,9 @@ import pytest
 from zoomdx_lib.data.synth import generate_case
 
 # (seed, organ, size, attribute_classes as (attribute, class) pairs, detail_scale): every organ and
-# probe, sizes that are and are not multiples of 28 or 256, forced classes that reach the anechoic, shadowing, isoechoic (texture),
-# irregular and not-circumscribed branches, and the native-margin path (detail_scale set).
+# probe, sizes that are and are not multiples of 28 or 256, forced classes that reach the anechoic,
+# shadowing, isoechoic (texture), irregular and not-circumscribed branches, and the native-margin
+# path (detail_scale set).
 CASES = [
     (0, "liver", 256, None, None),
     (1, "liver", 256, None, None),
