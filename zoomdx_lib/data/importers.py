@@ -1,6 +1,7 @@
 """Importers for real ultrasound data: BUSI folders, BUS-BRA, and generic CSV / JSONL manifests.
 
-Long because the three importers share one validator and one report, and each reads its own layout.
+Long because each of the three importers reads its own layout (the validation they share is in
+:mod:`zoomdx_lib.data.import_report`).
 
 ``import_busi`` reads ``root/{class}/{name}.png`` with ``{name}_mask.png`` masks;
 ``import_bus_bra`` reads BUS-BRA's ``bus_data.csv``, ``Images/`` and ``Masks/``;
@@ -9,12 +10,15 @@ attribute, label, c or rater_a / rater_b). Each returns ``(samples, ImportReport
 original-image pixels, pixel-edge convention (``mask_to_boxes``), and ``image_path`` relative to
 the dataset root. Images and masks are read by :mod:`zoomdx_lib.data.images`.
 
-Validation (shared by every importer): a bad record (missing / corrupt image or mask, box outside
-the image or of zero area, unknown attribute or label, duplicate id, id unusable as a file name,
-path escaping the dataset root) raises :class:`SampleError` naming the record and the problem
-when ``strict=True``; with ``strict=False`` it is skipped and listed in ``report.problems`` while
-the good records are kept. Records skipped by design (no-lesion class, image not in this copy)
-go to ``report.notes``.
+Validation (shared by every importer, :mod:`zoomdx_lib.data.import_report`): a bad record (missing /
+corrupt image or mask, box outside the image or of zero area, unknown attribute or label, duplicate
+id, id unusable as a file name, path escaping the dataset root, a manifest column with a misspelt
+name) is collected with its problem; ``strict=True`` then raises one
+:class:`~zoomdx_lib.data.import_report.ImportProblems` with the count per kind of problem and the first
+20 records (line, id, problem); with ``strict=False`` the good records are returned and
+``report.problems`` lists the rest. Records skipped by design (no-lesion class, image not in this
+copy) go to ``report.notes``; ``limit`` (in total) and ``limit_per_attribute`` stop reading records,
+and ``report.over_limit`` counts the ones not read.
 
 Proxies: BUSI and BUS-BRA have no margin annotation, so the default label map for attribute
 "margin" is ``MARGIN_PROXY`` (benign -> Circumscribed, malignant -> Not circumscribed). BUS-BRA
@@ -25,126 +29,26 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-from collections import Counter
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..schema import ATTRIBUTE_LABELS, Sample, SampleError, normalise_label
-from .images import IMAGE_EXTS, SAFE_ID, load_image, load_mask, mask_to_boxes
+from ..schema import ATTRIBUTE_LABELS, SampleError
+from .images import IMAGE_EXTS, SAFE_ID, load_image, load_mask, mask_to_boxes  # noqa: F401 (load_image: notebooks)
+from .import_report import ImportProblems, ImportReport, RecordImporter  # noqa: F401 (part of this module's API)
 
 # Proxy label maps from a malignancy class to a margin label (NOT a margin annotation: malignant
 # breast lesions are mostly non-circumscribed and benign ones mostly circumscribed, BI-RADS lexicon).
 MARGIN_PROXY: dict[str, str] = {"benign": "Circumscribed", "malignant": "Not circumscribed"}
 
 
-@dataclass
-class ImportReport:
-    """What an importer did.
-
-    Attributes:
-        source: the dataset that was read.
-        n_ok: number of samples returned.
-        problems: (record, problem) of bad records skipped (only with strict=False).
-        notes: (record, reason) of records skipped by design (no lesion, image not in this copy).
-        unknown_labels: Counter of (attribute, raw label) for labels with no parent in the
-            vocabulary (e.g. the BI-RADS echo pattern "heterogeneous"); their records are in problems.
-    """
-
-    source: str
-    n_ok: int = 0
-    problems: list = field(default_factory=list)
-    notes: list = field(default_factory=list)
-    unknown_labels: Counter = field(default_factory=Counter)
-
-    def summary(self) -> str:
-        """One line: counts of kept, bad and by-design-skipped records, and labels that map to nothing."""
-        line = (f"{self.source}: {self.n_ok} samples, {len(self.problems)} bad records skipped, "
-                f"{len(self.notes)} records skipped by design")
-        if self.unknown_labels:
-            line += "; labels with no parent in the vocabulary: " + ", ".join(
-                f"{a} {raw!r} x{n}" for (a, raw), n in self.unknown_labels.most_common())
-        return line
-
-    def label_rows(self) -> list[dict]:
-        """{attribute, label, count} of every label that maps to no canonical label, most frequent first."""
-        return [dict(attribute=a, label=raw, count=n) for (a, raw), n in self.unknown_labels.most_common()]
-
-
 def _safe_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "sample"
 
 
-class _Importer:
-    """Shared validation: path under root, image readable, box/label valid, ids unique; strict or report."""
-
-    def __init__(self, root, strict: bool, source: str, label_map: Optional[dict] = None):
-        self.root, self.strict = Path(os.path.abspath(root)), strict
-        self.report, self.samples, self.ids = ImportReport(source), [], set()
-        self.label_map = {str(k).strip().lower(): v for k, v in (label_map or {}).items()}
-
-    def peek(self, raw, attribute: str) -> Optional[str]:
-        """The canonical label of a raw label (through `label_map`, case-insensitive, then the
-        vocabulary's normaliser), or None."""
-        return normalise_label(self.label_map.get(str(raw).strip().lower(), raw), attribute)
-
-    def label(self, raw, attribute: str) -> str:
-        """:meth:`peek`, but a label that maps to nothing is counted in the report and rejected."""
-        label = self.peek(raw, attribute)
-        if label is None:
-            self.report.unknown_labels[(attribute, str(raw))] += 1
-            raise SampleError(f"unknown {attribute} label {raw!r}: no parent in {ATTRIBUTE_LABELS[attribute]} "
-                              f"(map it with label_map=)")
-        return label
-
-    def resolve(self, rel) -> tuple[Path, str]:
-        """(absolute path, path relative to root); SampleError if it escapes the root."""
-        p = Path(str(rel))  # lexical check: ".." and absolute paths must stay under root (symlinks allowed)
-        full = Path(os.path.normpath(p if p.is_absolute() else self.root / p))
-        if not full.is_relative_to(self.root):
-            raise SampleError(f"path {str(rel)!r} escapes the dataset root {self.root}")
-        return full, full.relative_to(self.root).as_posix()
-
-    def image_size(self, rel) -> tuple[str, tuple[int, int]]:
-        full, rel = self.resolve(rel)
-        return rel, load_image(full).size
-
-    def sample(self, **kw) -> Sample:
-        """A validated Sample; a normalised label, a fresh id, and the box inside the image."""
-        attr = kw["attribute"]
-        if attr not in ATTRIBUTE_LABELS:
-            raise SampleError(f"unknown attribute {attr!r}; expected one of {tuple(ATTRIBUTE_LABELS)}")
-        kw["label"] = self.label(kw["label"], attr)
-        if kw.get("rater_labels"):
-            kw["rater_labels"] = tuple(self.label(r, attr) for r in kw["rater_labels"])
-        if not SAFE_ID.fullmatch(kw["id"]):
-            raise SampleError(f"id {kw['id']!r} is not usable as a file name (letters, digits, _ - .)")
-        if kw["id"] in self.ids:
-            raise SampleError(f"duplicate id {kw['id']!r}")
-        return Sample(**kw).validate()
-
-    def add(self, record: str, build) -> None:
-        """Run build() -> list[Sample]; on SampleError raise (strict) or report and skip."""
-        try:
-            new = build()
-            if len({s.id for s in new}) != len(new):
-                raise SampleError("duplicate ids within the record")
-        except SampleError as e:
-            if self.strict:
-                raise SampleError(f"{record}: {e}") from None
-            self.report.problems.append((record, str(e)))
-            return
-        self.ids.update(s.id for s in new)
-        self.samples.extend(new)
-        self.report.n_ok += len(new)
-
-    def done(self):
-        return self.samples, self.report
-
-
-def _boxes_from_masks(imp: _Importer, mask_rels, size, all_components: bool):
+def _boxes_from_masks(imp: RecordImporter, mask_rels, size, all_components: bool):
     union = None
     for m in mask_rels:
         full, rel = imp.resolve(m)
@@ -168,7 +72,8 @@ def _label_map(label_map: Optional[dict], attribute: str, dataset: str) -> dict:
 
 def import_busi(root, attribute: str = "margin", organ: str = "breast", strict: bool = True,
                 label_map: Optional[dict] = None, default_c: int = 1, all_components: bool = False,
-                skip_classes: tuple = ("normal",), limit: Optional[int] = None):
+                skip_classes: tuple = ("normal",), limit: Optional[int] = None,
+                limit_per_attribute: Optional[int] = None):
     """Import a BUSI-style folder: ``root/{class}/{name}.png`` with ``{name}_mask.png`` (+ ``_mask_1`` ...).
 
     Box: the union of an image's masks, then the largest 8-connected component's tight box in
@@ -177,23 +82,23 @@ def import_busi(root, attribute: str = "margin", organ: str = "breast", strict: 
     case-insensitive); the default for attribute "margin" is the PROXY ``MARGIN_PROXY``
     (benign -> Circumscribed, malignant -> Not circumscribed), which is not a margin annotation.
     BUSI has no rater agreement, so every sample gets c = `default_c` (1: treated as consensus).
-    Classes in `skip_classes` (no lesion) are skipped and listed in ``report.notes``; `limit` stops
-    after that many samples. Returns (samples, ImportReport); ids are the sanitised file stems,
-    image_path relative to root.
+    Classes in `skip_classes` (no lesion) are skipped and listed in ``report.notes``; `limit` (or
+    `limit_per_attribute`: the same, one attribute) stops after that many samples. Returns
+    (samples, ImportReport); ids are the sanitised file stems, image_path relative to root.
     """
     lmap = _label_map(label_map, attribute, "import_busi")
-    imp = _Importer(root, strict, f"BUSI {root}")
+    imp = RecordImporter(root, strict, f"BUSI {root}", limit=limit, limit_per_attribute=limit_per_attribute)
     if not imp.root.is_dir():
         raise FileNotFoundError(f"BUSI root {imp.root} is not a directory")
     for cdir in sorted(d for d in imp.root.iterdir() if d.is_dir()):
         cls = cdir.name
         files = sorted(f for f in cdir.iterdir() if f.suffix.lower() in IMAGE_EXTS)
         for img in (f for f in files if not re.search(r"_mask(_\d+)?$", f.stem)):
-            if limit is not None and imp.report.n_ok >= limit:
-                break
             record = f"{cls}/{img.name}"
             if cls.lower() in skip_classes:
                 imp.report.notes.append((record, f"class {cls!r}: no lesion, skipped"))
+                continue
+            if not imp.take(attribute):
                 continue
             pat = re.compile(re.escape(img.stem) + r"_mask(_\d+)?")
             masks = [f"{cls}/{m.name}" for m in files if pat.fullmatch(m.stem)]
@@ -233,7 +138,7 @@ def birads_confidence(birads, pathology: str, birads4_uncertain: bool = False) -
 
 def import_bus_bra(root, strict: bool = True, attribute: str = "margin", label_map: Optional[dict] = None,
                    organ: str = "breast", limit: Optional[int] = None, folds: Optional[Iterable[int]] = None,
-                   birads4_uncertain: bool = False):
+                   birads4_uncertain: bool = False, limit_per_attribute: Optional[int] = None):
     """Import BUS-BRA (``bus_data.csv``, ``Images/bus_NNNN-x.png``, ``Masks/mask_NNNN-x.png``).
 
     Box: the largest 8-connected component of the mask, original-image pixels. Label:
@@ -241,12 +146,13 @@ def import_bus_bra(root, strict: bool = True, attribute: str = "margin", label_m
     malignant -> Not circumscribed). c: the PROXY :func:`birads_confidence` (BI-RADS reading vs
     biopsy; BUS-BRA has one reader, so this stands in for rater disagreement); rater_labels holds
     (reader's label, biopsy label) through the same label map. `folds` keeps rows whose 5-fold
-    ``kFold`` (5-fold-cv.csv) is listed; `limit` stops after that many samples. Rows whose image is
+    ``kFold`` (5-fold-cv.csv) is listed; `limit` (or `limit_per_attribute`: the same, one attribute)
+    stops after that many samples. Rows whose image is
     not on disk (the shared copy has folds 1-3 only) are listed in ``report.notes``.
     Returns (samples, ImportReport).
     """
     lmap = _label_map(label_map, attribute, "import_bus_bra")
-    imp = _Importer(root, strict, f"BUS-BRA {root}")
+    imp = RecordImporter(root, strict, f"BUS-BRA {root}", limit=limit, limit_per_attribute=limit_per_attribute)
     table = imp.root / "bus_data.csv"
     if not table.exists():
         raise FileNotFoundError(f"{table}: BUS-BRA table bus_data.csv not found")
@@ -266,8 +172,8 @@ def import_bus_bra(root, strict: bool = True, attribute: str = "margin", label_m
         if not (imp.root / img_rel).exists():
             imp.report.notes.append((record, "image not in this copy"))
             continue
-        if limit is not None and imp.report.n_ok >= limit:
-            break
+        if not imp.take(attribute):
+            continue
 
         def build(row=row, rid=rid, img_rel=img_rel, mask_rel=mask_rel):
             path = (row.get("Pathology") or "").strip().lower()
@@ -320,55 +226,101 @@ def _manifest_box(rec: dict) -> tuple:
         raise SampleError(f"box must be 4 numbers x1, y1, x2, y2 (original pixels), got {box!r}") from None
 
 
+MANIFEST_COLUMNS = ("image", "box", "x1", "y1", "x2", "y2", "attribute", "label", "c", "rater_a", "rater_b",
+                    "organ", "id", "question", "patient", "fold")
+_SUGGESTED = ("image", "box", "attribute", "label", "c", "rater_a", "rater_b", "id", "organ", "question")
+
+
+def _check_columns(imp: RecordImporter, rows: list, name: str) -> None:
+    """A column that is no manifest column but close to a missing one ("lable") is a problem of the
+    header record; any other unknown column is noted as not read."""
+    columns = list(dict.fromkeys(k for _, r in rows if isinstance(r, dict) for k in r))
+    missing = [c for c in _SUGGESTED if c not in columns]
+    record = f"{name} line 1 (header)" if name.lower().endswith(".csv") else f"{name} (record keys)"
+    for col in (c for c in columns if c not in MANIFEST_COLUMNS):
+        close = difflib.get_close_matches(str(col), missing, n=1, cutoff=0.6)
+        if close:
+            imp.add(record, lambda col=col, close=close: _raise(SampleError(
+                f"column {col!r} is not a manifest column: did you mean {close[0]!r}? (columns: {MANIFEST_COLUMNS})")))
+        else:
+            imp.report.notes.append((record, f"column {col!r} is not a manifest column, not read"))
+
+
+def _confidence(imp: RecordImporter, rec: dict, attr: str, raters: tuple) -> int:
+    if rec.get("c") not in (None, ""):
+        if str(rec["c"]).strip().lower() not in ("0", "1", "0.0", "1.0", "true", "false"):
+            raise SampleError(f"c must be 0 or 1, got {rec['c']!r}")
+        return int(str(rec["c"]).strip().lower() in ("1", "1.0", "true"))
+    if len(raters) == 2:
+        return int(imp.peek(raters[0], attr) == imp.peek(raters[1], attr)) if attr in ATTRIBUTE_LABELS else 0
+    raise SampleError("needs a c column or both rater_a and rater_b")
+
+
+def _manifest_meta(rec: dict, name: str, line: int) -> dict:
+    meta = {"source": f"manifest {name}", "line": line}
+    if rec.get("patient") not in (None, ""):
+        meta["patient"] = str(rec["patient"]).strip()
+    if rec.get("fold") not in (None, ""):
+        try:
+            meta["fold"] = int(float(rec["fold"]))
+        except (TypeError, ValueError):
+            raise SampleError(f"fold must be an integer, got {rec['fold']!r}") from None
+    return meta
+
+
+def _manifest_samples(imp: RecordImporter, rec: dict, image: str, rid: str, organ: str, name: str, line: int):
+    """The one sample of a manifest record (see :func:`import_manifest`); SampleError when it is bad."""
+    if not image:
+        raise SampleError("no image path")
+    attr = str(rec.get("attribute") or "").strip()
+    raters = tuple(str(rec[k]).strip() for k in ("rater_a", "rater_b") if rec.get(k) not in (None, ""))
+    c = _confidence(imp, rec, attr, raters)
+    label = str(rec.get("label") or "").strip() or (raters[0] if len(raters) == 2 and c == 1 else "")
+    if not label:
+        raise SampleError("no label (and no agreeing rater_a / rater_b to take it from)")
+    box = _manifest_box(rec)
+    meta = _manifest_meta(rec, name, line)
+    rel, size = imp.image_size(image)
+    return [imp.sample(id=rid, image_path=rel, box=box, attribute=attr, label=label, c=c,
+                       organ=str(rec.get("organ") or organ), question=str(rec.get("question") or ""),
+                       rater_labels=raters if len(raters) == 2 else None, image_size=size, meta=meta)]
+
+
 def import_manifest(path, root=None, strict: bool = True, organ: str = "unknown", label_map: Optional[dict] = None,
-                    limit: Optional[int] = None):
+                    limit: Optional[int] = None, limit_per_attribute: Optional[int] = None):
     """Import a generic CSV / JSONL manifest, one sample per row.
 
-    Columns: image (path relative to `root`, default the manifest's folder), box (JSON list
-    [x1, y1, x2, y2] in original-image pixels) or x1, y1, x2, y2 columns, attribute, label, and
-    either c (0/1) or rater_a and rater_b (c = 1 when they agree; label defaults to the agreed
-    one); optional organ (default `organ`), id (default the image stem), question.
+    Columns (names case-insensitive, see ``MANIFEST_COLUMNS``): image (path relative to `root`,
+    default the manifest's folder), box (JSON list [x1, y1, x2, y2] in original-image pixels) or
+    x1, y1, x2, y2 columns, attribute, label, and either c (0/1) or rater_a and rater_b (c = 1 when
+    they agree; label defaults to the agreed one); optional organ (default `organ`), id (default
+    the image stem), question, patient (kept in ``meta["patient"]``: splits keep a patient's cases
+    together) and fold (an integer, ``meta["fold"]``). A column close to a missing one ("lable")
+    is a problem; other unknown columns are noted and not read.
     Labels (and rater labels) go through `label_map` first ({raw: canonical label}, raw matched
     case-insensitively), then the vocabulary's normaliser (synonyms, BI-RADS subtypes -> parent);
     a label with no parent is reported per label with its count (``report.unknown_labels``).
-    `limit` stops after that many samples. Returns (samples, ImportReport).
+    `limit` stops after that many samples, `limit_per_attribute` after that many of each attribute.
+    Returns (samples, ImportReport).
     """
     path = Path(path)
-    imp = _Importer(root if root is not None else path.parent, strict, f"manifest {path}", label_map)
-    for line, rec in _read_manifest(path):
-        if limit is not None and imp.report.n_ok >= limit:
-            break
+    imp = RecordImporter(root if root is not None else path.parent, strict, f"manifest {path}", label_map,
+                         limit=limit, limit_per_attribute=limit_per_attribute)
+    rows = [(line, rec if isinstance(rec, SampleError) else
+             {k.strip().lower() if isinstance(k, str) else k: v for k, v in rec.items()})
+            for line, rec in _read_manifest(path)]
+    _check_columns(imp, rows, path.name)
+    for line, rec in rows:
         if isinstance(rec, SampleError):
             imp.add(f"{path.name} line {line}", lambda rec=rec: _raise(rec))
             continue
-        rec = {k.strip() if isinstance(k, str) else k: v for k, v in rec.items()}
         image = str(rec.get("image") or "")
         rid = str(rec.get("id") or "") or _safe_id(Path(image).stem)
-        record = f"{path.name} line {line} (id={rid!r}, image={image!r})"
-
-        def build(rec=rec, image=image, rid=rid):
-            if not image:
-                raise SampleError("no image path")
-            attr = str(rec.get("attribute") or "").strip()
-            raters = tuple(str(rec[k]).strip() for k in ("rater_a", "rater_b") if rec.get(k) not in (None, ""))
-            if rec.get("c") not in (None, ""):
-                if str(rec["c"]).strip() not in ("0", "1", "0.0", "1.0", "True", "False", "true", "false"):
-                    raise SampleError(f"c must be 0 or 1, got {rec['c']!r}")
-                c = int(str(rec["c"]).strip().lower() in ("1", "1.0", "true"))
-            elif len(raters) == 2:
-                c = int(imp.peek(raters[0], attr) == imp.peek(raters[1], attr)) if attr in ATTRIBUTE_LABELS else 0
-            else:
-                raise SampleError("needs a c column or both rater_a and rater_b")
-            label = str(rec.get("label") or "").strip() or (raters[0] if len(raters) == 2 and c == 1 else "")
-            if not label:
-                raise SampleError("no label (and no agreeing rater_a / rater_b to take it from)")
-            box = _manifest_box(rec)
-            rel, size = imp.image_size(image)
-            return [imp.sample(id=rid, image_path=rel, box=box, attribute=attr, label=label, c=c,
-                               organ=str(rec.get("organ") or organ), question=str(rec.get("question") or ""),
-                               rater_labels=raters if len(raters) == 2 else None, image_size=size,
-                               meta={"source": f"manifest {path.name}", "line": line})]
-        imp.add(record, build)
+        if not imp.take(str(rec.get("attribute") or "").strip()):
+            continue
+        imp.add(f"{path.name} line {line} (id={rid!r}, image={image!r})",
+                lambda rec=rec, image=image, rid=rid, line=line: _manifest_samples(imp, rec, image, rid, organ,
+                                                                                    path.name, line))
     return imp.done()
 
 
@@ -380,7 +332,7 @@ class RealSplit:
     """One real test split: `name` (the split becomes ``test_{name}``), the importer ("bus_bra",
     "busi" or "manifest"), the data set's folder or manifest file (relative paths are under
     ``$ZOOMDX_DATA``, see :func:`zoomdx_lib.config.data_path`), and the importer's keyword
-    arguments (``label_map``, ``attribute``, ``limit``, ``root`` ...)."""
+    arguments (``label_map``, ``attribute``, ``limit``, ``limit_per_attribute``, ``root`` ...)."""
 
     name: str
     importer: str
@@ -403,9 +355,10 @@ class RealSplit:
             raise ValueError(f"real split name {split.name!r} must be usable in a file name (letters, digits, _ - .)")
         return split
 
-    def run(self, path, limit: Optional[int] = None, root=None):
-        """Import the data set at `path` (strict=False: bad records are reported and skipped);
+    def run(self, path, limit_per_attribute: Optional[int] = None, root=None):
+        """Import the data set at `path` (strict=False: bad records are reported and skipped), at most
+        `limit_per_attribute` samples of each attribute unless the split's options say otherwise;
         `root` replaces a manifest's image root (already resolved by the caller)."""
         options = dict(self.options, **({"root": root} if root is not None else {}))
-        options.setdefault("limit", limit)
+        options.setdefault("limit_per_attribute", limit_per_attribute)
         return IMPORTERS[self.importer](path, strict=False, **options)

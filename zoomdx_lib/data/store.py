@@ -211,10 +211,13 @@ def import_real_splits(specs, out_dir, profile: Profile) -> dict:
 
     Relative paths are under ``$ZOOMDX_DATA``. A data set that is not there is skipped with the
     reason, unless ``$ZOOMDX_DATA`` is set, which promises the data: then FileNotFoundError. Each
-    import keeps at most ``profile.data.n_real_test`` samples (or the spec's own ``limit``).
-    Returns {name: {"split", "path", "report" (ImportReport, or None when skipped), "summary"}},
-    where summary holds n, c0_rate, bad_records, skipped_by_design and unknown_labels, or
-    {"skipped": reason}.
+    import keeps at most ``profile.data.n_real_test`` samples per attribute (or the spec's own
+    ``limit_per_attribute``; ``limit`` caps the total). Returns {name: {"split", "path", "report"
+    (ImportReport, or None when skipped), "summary", "kept", "dropped"}}: summary holds n, c0_rate,
+    bad_records, skipped_by_design, and over_limit (records not read because their attribute was
+    full) and unknown_labels when there are any, or {"skipped": reason}; kept is {attribute: n} and
+    dropped :meth:`ImportReport.dropped` (why: bad records per problem, skipped by design per reason,
+    over the limit per attribute).
     """
     out = {}
     for split in map(RealSplit.from_spec, specs):
@@ -224,14 +227,18 @@ def import_real_splits(specs, out_dir, profile: Profile) -> dict:
                    f"(set {DATA_ENV} or the split's path; see the README, 'Real data')")
             if os.environ.get(DATA_ENV) and not Path(split.path).is_absolute():
                 raise FileNotFoundError(why)
-            out[split.name] = dict(split=f"test_{split.name}", path=str(path), report=None, summary={"skipped": why})
+            out[split.name] = dict(split=f"test_{split.name}", path=str(path), report=None, summary={"skipped": why},
+                                   kept={}, dropped={})
             continue
         root = data_path(split.options["root"]) if split.options.get("root") else None
         samples, report = split.run(path, profile.data.n_real_test, root)
         root = root or (path if path.is_dir() else path.parent)
         export_samples(samples, root, out_dir, f"test_{split.name}", profile)
         summary = dict(**split_summary(samples), bad_records=len(report.problems), skipped_by_design=len(report.notes))
+        if report.over_limit:
+            summary["over_limit"] = sum(report.over_limit.values())
         if report.unknown_labels:
             summary["unknown_labels"] = report.label_rows()
-        out[split.name] = dict(split=f"test_{split.name}", path=str(path), report=report, summary=summary)
+        out[split.name] = dict(split=f"test_{split.name}", path=str(path), report=report, summary=summary,
+                               kept=dict(sorted(report.kept.items())), dropped=report.dropped())
     return out
