@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PUBLISH := $(if $(filter cpu,$(PROFILE)),--publish-figures figures,)
 
-.PHONY: install workbook test lab bench base gpu-smoke clean-runs
+.PHONY: install workbook test lab bench base gpu-smoke clean-runs results
 
 # Bootstraps .venv when missing; re-runs pip only when pyproject.toml changed (idempotent).
 $(VENV)/.installed: pyproject.toml
@@ -29,6 +29,10 @@ base: install
 	$(PY) -m zoomdx_lib.workbook.base --out runs/base --steps 2000 --lr 1e-3 --seed 0 --curriculum 1000 $(ARGS)
 	$(PY) -m zoomdx_lib.workbook.base --out runs/base_rationale --init-from runs/base/checkpoint-002000 \
 		--seed 2 --steps 1200 --lr 5e-4 --warmup 50 --rationales 0.5 --ship $(ARGS)
+
+# The results page from a finished run folder (default runs/$(PROFILE)): tables, claims, timing, commit, profile.
+results: install
+	$(PY) -m zoomdx_lib.eval.report $(RUN) --out docs/results.md
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
