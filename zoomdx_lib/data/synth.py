@@ -1,8 +1,8 @@
 """Synthetic B-mode ultrasound cases whose lesion attributes follow from known latent values.
 
-Long because the physics is one pipeline whose steps share the RF grid; each step is a function.
-
-Physics, in the order it runs (all on an RF grid: depth samples x scan lines, float32):
+Long because the lesion is one pipeline whose steps share the RF grid; each step is a function
+and each of its numbers a named constant. Physics, in the order :func:`generate_case` runs it
+(all on an RF grid: depth samples x scan lines, float32):
 1. tissue backscatter amplitude map (organ layers, vessels, the lesion) and a per-sample
    attenuation map; the round-trip attenuation is the cumulative sum along each beam, so a
    cyst (low attenuation) brightens what lies behind it and a dense lesion shadows it;
@@ -14,25 +14,27 @@ Physics, in the order it runs (all on an RF grid: depth samples x scan lines, fl
    the Hilbert transform and IQ decimation, so one FFT pair gives the envelope;
 4. scan conversion to the output image (rectangle for linear probes, fan for convex ones)
    and log compression to 8 bit.
+Steps 2 (noise) to 4 are the scanner (:mod:`.bmode`); the organ's layers and vessels are
+:mod:`.anatomy`.
 Each attribute has a continuous latent value (echo: lesion/tissue backscatter contrast in
 dB; shape: aspect ratio and low-frequency radial irregularity; margin: edge blur/spiculation
 0-1); its class follows from fixed boundaries, and two simulated sonographers read the latent
 value through their own noise and bias (:mod:`zoomdx_lib.data.raters`). Determinism: only
-numpy.random.default_rng(seed).
+numpy.random.default_rng(seed), drawn in a fixed order (the steps of generate_case in turn).
 """
 from __future__ import annotations
 
 import math
 import zlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
 from PIL import Image
-from scipy import fft as sfft
 
 from ..schema import ATTRIBUTE_LABELS, ATTRIBUTES, Sample, check_attribute
+from .anatomy import add_vessels, layers, wavy
+from .bmode import envelope, log_compress, rf_window, scan_convert, scan_geometry, scatterers, smooth_field
 from .raters import ASPECT_MAX, ECHO_DB, IRREG_MAX, T_IRREG, T_MARGIN, T_ROUND, closeness, simulate_raters
 
 # Geometry in units of the output size S; PSF sds (axial pulse envelope, lateral beam at focus) and
@@ -45,6 +47,8 @@ ORGAN_PRESETS: dict[str, dict] = {
     "thyroid": dict(probe="linear", axial=0.65, lateral=1.3, focus=0.5, atten_db=18.0, texture=0.1, texture_px=2.0,
                     dynamic_range=55.0, lesion_depth=(0.25, 0.8), vessels=(0, 0)),
 }
+
+
 @dataclass
 class SynthCase:
     """One synthetic case. Pixel quantities are in output-image pixels (x right, y down).
@@ -74,121 +78,42 @@ def _check_organ(organ: str) -> dict:
     return ORGAN_PRESETS[organ]
 
 
-@lru_cache(maxsize=64)
-def _interp(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
-    """Linear interpolation n_in -> n_out samples: left neighbour index and its right weight."""
-    pos = np.linspace(0, n_in - 1, n_out)
-    i0 = np.minimum(pos.astype(int), n_in - 2)
-    return i0, (pos - i0).astype(np.float32)[:, None]
-
-
-def _smooth_field(rng, shape, cells) -> np.ndarray:
-    """Zero-mean random field of roughly unit sd varying over `cells` = (axial, lateral) RF samples."""
-    lo = rng.standard_normal(tuple(max(2, int(n / c) + 2) for n, c in zip(shape, cells)), dtype=np.float32)
-    j, wj = _interp(shape[1], lo.shape[1])
-    lo = (lo[:, j] * (1 - wj.T) + lo[:, j + 1] * wj.T)
-    i, wi = _interp(shape[0], lo.shape[0])
-    return (lo[i] * (1 - wi) + lo[i + 1] * wi) * np.float32(1.6)
-
-
-@lru_cache(maxsize=16)
-def _geometry(organ: str, S: int, k: float) -> dict:
-    """RF grid, PSF transfer functions and scan conversion for a preset at output size S (cached);
-    k multiplies the preset's point-spread function sds (given in pixels at S = 256)."""
-    p, dr = ORGAN_PRESETS[organ], 0.5
-    if p["probe"] == "linear":
-        n_ax, n_lat = 2 * S, S
-        X = np.broadcast_to(np.arange(n_lat, dtype=np.float32) + 0.5, (n_ax, n_lat))
-        Y = np.broadcast_to((np.arange(n_ax, dtype=np.float32) * dr + 0.5)[:, None], (n_ax, n_lat))
-        g = dict(convex=False, depth_px=S, fov=np.ones((S, S), bool), px_line=np.ones(n_ax, np.float32))
-    else:
-        tm, r0 = p["half_angle"], p["apex_radius"] * S
-        apex_y = p["top"] * S - r0
-        r_far = min(0.49 * S / np.sin(tm), S - 1 - apex_y)
-        n_ax, n_lat = int(2 * (r_far - r0)) // 2 * 2, int(r_far * 2 * tm)
-        dth = 2 * tm / n_lat
-        rho = r0 + np.arange(n_ax, dtype=np.float32) * dr
-        th = -tm + (np.arange(n_lat, dtype=np.float32) + 0.5) * dth
-        X, Y = S / 2 + rho[:, None] * np.sin(th), apex_y + rho[:, None] * np.cos(th)
-        yy, xx = np.mgrid[0:S, 0:S] + 0.5
-        prho, pth = np.hypot(xx - S / 2, yy - apex_y), np.arctan2(xx - S / 2, yy - apex_y)
-        fi, fj = (prho - r0) / (2 * dr), (pth + tm) / dth - 0.5          # envelope rows are every 2nd RF row
-        fov = (fi >= 0) & (fi <= n_ax // 2 - 1) & (np.abs(pth) <= tm)
-        flat = np.flatnonzero(fov)
-        fi, fj = fi.ravel()[flat], np.clip(fj.ravel()[flat], 0, n_lat - 1)
-        i0, j0 = np.minimum(fi.astype(int), n_ax // 2 - 2), np.minimum(fj.astype(int), n_lat - 2)
-        g = dict(convex=True, depth_px=r_far - r0, fov=fov, flat=flat, i0=i0, j0=j0, px_line=rho * dth,
-                 wi=(fi - i0).astype(np.float32), wj=(fj - j0).astype(np.float32),
-                 apex=(S / 2, apex_y), r0=r0, r_far=r_far, half_angle=tm, dth=dth)
-    depth = (np.arange(n_ax) * dr / g["depth_px"]).astype(np.float32)
-    g.update(n_ax=n_ax, n_lat=n_lat, dr=dr, X=np.ascontiguousarray(X, np.float32), depth=depth,
-             Y=np.ascontiguousarray(Y, np.float32), lat=((np.arange(n_lat) + 0.5) / n_lat).astype(np.float32))
-    # lateral beam: Gaussian, sd grows away from the focus; per-row transfer function over lines
-    sd_lines = p["lateral"] * k * (1 + 0.8 * ((depth - p["focus"]) / 0.5) ** 2) / g["px_line"]
-    n_lfft = sfft.next_fast_len(n_lat + int(3 * sd_lines.max()) + 2)
-    fl = np.arange(n_lfft // 2 + 1) / n_lfft
-    g.update(n_lfft=n_lfft, lat_h=np.exp(-2 * (np.pi * sd_lines[:, None] * fl) ** 2).astype(np.float32))
-    # axial pulse: Gaussian envelope (sd = axial px) on a carrier of 4 RF samples; keep f >= 0
-    # (Hilbert) within the band the 2x-decimated IQ signal can hold, then demodulate by f0
-    n_fft = sfft.next_fast_len(n_ax + int(8 * p["axial"] * k / dr) + 8) // 4 * 4
-    sig, f = p["axial"] * k / dr, np.arange(n_fft // 2 + 1) / n_fft
-    h = np.exp(-2 * (np.pi * sig * (f - 0.25)) ** 2)
-    band = np.flatnonzero((h > 1e-3) & (np.abs(f - 0.25) < 0.25))
-    g.update(n_fft=n_fft, band=band, h=h[band].astype(np.complex64)[:, None], dest=(band - n_fft // 4) % (n_fft // 2))
-    return g
-
-
-def _wavy(rng, lat, amp) -> np.ndarray:
-    """Smooth random 1-D profile over the lateral coordinate lat (0-1), amplitude ~amp."""
-    k = rng.uniform(0.5, 3.0, 3)
-    return (amp * np.sin(2 * np.pi * (k[:, None] * lat + rng.random((3, 1))))).sum(0).astype(np.float32) / 1.7
-
-
-def _layers(organ: str, g: dict, rng, S: int):
-    """Background backscatter amplitude (tissue = 1) and attenuation multiplier maps."""
-    d, lat = g["depth"][::2, None], g["lat"]          # layers are smooth: every 2nd RF row, then repeated
-    line = lambda z, w=0.004: np.exp(-((d - z) / w) ** 2)
-    if organ == "breast":
-        z1 = 0.12 + 0.1 * rng.random() + _wavy(rng, lat, 0.04)
-        z2 = 0.62 + 0.12 * rng.random() + _wavy(rng, lat, 0.05)
-        z3 = z2 + 0.06 + _wavy(rng, lat, 0.02)
-        band = 1 + 0.45 * np.sin(2 * np.pi * (d * rng.uniform(9, 14) + _wavy(rng, lat, 0.35)))
-        cooper = 1 + np.float32(2.5) * (np.sin(2 * np.pi * (d * 7 + 1.5 * _wavy(rng, lat, 0.8))) > 0.93)
-        muscle = 0.55 * (1 + 0.6 * np.sin(2 * np.pi * (d * 38 + _wavy(rng, lat, 0.5))))
-        B = np.where(d < z1, 0.4 * cooper, np.where(d < z2, band, np.where(d < z3, 0.4, muscle)))
-        B = B + 3.0 * line(0.012, 0.006)
-    elif organ == "thyroid":
-        z1, z2 = 0.14 + 0.06 * rng.random() + _wavy(rng, lat, 0.02), 0.82 + 0.08 * rng.random() + _wavy(rng, lat, 0.03)
-        strap = 0.4 * (1 + 0.5 * np.sin(2 * np.pi * (d * 45 + _wavy(rng, lat, 0.3))))
-        B = np.where(d < z1, strap, np.where(d < z2, 1.0, 0.35)) + 2.5 * line(0.01, 0.005) + 1.2 * line(z1, 0.006)
-    else:
-        z1 = 0.05 + 0.03 * rng.random() + _wavy(rng, lat, 0.01)
-        z2 = z1 + 0.04 + 0.03 * rng.random()
-        muscle = 0.5 * (1 + 0.5 * np.sin(2 * np.pi * d * 70))
-        B = np.where(d < z1, 0.35, np.where(d < z2, muscle, 1.0)) + 2.0 * line(z1, 0.005) + 2.5 * line(z2, 0.005)
-    return np.repeat(B.astype(np.float32), 2, axis=0), np.ones((g["n_ax"], g["n_lat"]), np.float32)
-
-
-def _tube(g, p, ang, length, r, alpha, B, wall):
-    """Composite an anechoic vessel: segment from p (pixels) at angle ang, given length and radius r."""
-    ux, uy = math.cos(ang), math.sin(ang)
-    win = _rf_window(g, p[0] + ux * length / 2, p[1] + uy * length / 2, length / 2 + r + 3)
-    X, Y = g["X"][win] - p[0], g["Y"][win] - p[1]
-    t = np.clip(X * ux + Y * uy, 0, length)
-    dist = np.hypot(X - t * ux, Y - t * uy)
-    w = np.clip(r - dist + 0.5, 0, 1)
-    B[win] *= 1 - 0.97 * w
-    if wall:
-        B[win] += wall * np.exp(-((dist - r) / 1.2) ** 2)
-    alpha[win] -= 0.8 * w
-    return win[1]
-
-
-def _seg_dist(q, p, ang, length) -> float:
-    """Distance in pixels from point q to the segment of _tube."""
-    u = np.array([math.cos(ang), math.sin(ang)])
-    t = np.clip((np.asarray(q) - p) @ u, 0, length)
-    return float(np.hypot(*(np.asarray(q) - p - t * u)))
+# The case's numbers. Pixels are output-image pixels; "of S" = a fraction of the output size S.
+MIN_SIZE = 64                        # smallest output side, pixels
+DETAIL_SCALE_RANGE = (0.25, 64)      # detail_scale bounds (multiples of the 256 px structure sizes)
+# lesion outline (radius units: fractions of the ellipse radius)
+LESION_RADIUS = (0.06, 0.175)        # farthest edge point from the centre, of S (12-35 % diameter)
+SHAPE_HARMONICS = (3, 4, 5)          # low-frequency radial harmonics that carry irregularity
+HARMONIC_WEIGHT = (0.3, 1.0)         # their relative weights, drawn uniformly
+COARSE_SPIKES = (6, 14)              # number of margin spikes at the default scale, [lo, hi)
+SPIKE_HEIGHT = (0.08, 0.3)           # spike height (radius units), times margin_blur ** SPIKE_POWER
+SPIKE_POWER = 1.5
+SPIKE_WIDTH = (0.05, 0.1)            # spike half-width, radians of the outline angle
+EDGE_BLUR = (0.01, 0.12)             # edge blur = base + slope x margin_blur (radius units)
+MAX_TILT = 0.4                       # major axis tilt either way, radians
+LESION_PAD = 2.0                     # pixels past the outline that bound every mask pixel and margins
+FAN_FILL = 0.95                      # a convex probe's lesion fills at most this of the room in the fan
+FAN_EDGE = 3.0                       # pixels kept between the lesion bound and the fan's far arc
+# the lesion's acoustics
+P_DARK_HALO = 0.6                    # a dark (else bright) ring on the edge
+DARK_HALO_GAIN = (-0.85, -0.6)
+BRIGHT_HALO_GAIN = (1.5, 2.5)
+P_HALO_UNLESS_ISO = 0.3              # non-isoechoic lesions keep a faint halo this often ...
+HALO_UNLESS_ISO = 0.4                # ... at this fraction of the gain (isoechoic: the full gain)
+P_SHADOW_HYPERECHOIC = 0.35          # posterior shadowing of hyperechoic lesions
+P_SHADOW_HYPOECHOIC = 0.4            # ... of hypoechoic ones that are irregular or not circumscribed
+ATTEN_SHADOW = (3.0, 6.0)            # lesion / tissue attenuation ratio, shadowing
+ATTEN_ANECHOIC = (0.0, 0.2)          # ... a cyst (posterior enhancement)
+ATTEN_OTHER = (0.8, 1.3)             # ... anything else
+ISO_TEXTURE = (0.2, 2.5, 0.6, 0.9)   # isoechoic: 0.2 x tissue texture, or 2.5 x it within [0.6, 0.9]
+TEXTURE_SPREAD = (0.6, 1.5)          # other lesions: tissue's texture times this
+# the scan
+TGC_FRACTION = (0.7, 0.92)           # share of the background attenuation time-gain compensation undoes
+TGC_RIPPLE = 0.15                    # its smooth error with depth (log amplitude)
+GAIN_FIELD_CELLS = 5                 # a coarse gain field varies over a fifth of the grid ...
+GAIN_FIELD_SD = 0.12                 # ... with this sd (log amplitude)
+AMPLITUDE_FLOOR = 1e-4               # added before the log
+NOISE_DIFFICULTY = 0.1               # difficulty added per unit of noise
 
 
 def _lesion_fields(L: dict, x, y):
@@ -242,6 +167,149 @@ def _fine_margin(rng, m: float, a_px: float, k: float) -> tuple[float, list]:
                k * rng.uniform(1.0, 2.0) / a_px) for _ in range(n_sp)]
     return blur, spikes
 
+def _check_case_args(size, attribute_classes: dict | None, detail_scale) -> dict:
+    """The forced classes as a dict; ValueError naming a bad size, detail_scale, attribute or class."""
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be >= {MIN_SIZE} pixels, got {size}")
+    lo, hi = DETAIL_SCALE_RANGE
+    if detail_scale is not None and not (isinstance(detail_scale, (int, float)) and lo <= detail_scale <= hi):
+        raise ValueError(f"detail_scale must be None or a number of pixels in [{lo}, {hi}], got {detail_scale!r}")
+    forced = dict(attribute_classes or {})
+    for a, c in forced.items():
+        check_attribute(a)
+        if c not in ATTRIBUTE_LABELS[a]:
+            raise ValueError(f"unknown {a} class {c!r}; expected one of {ATTRIBUTE_LABELS[a]}")
+    return forced
+
+
+def _probe(organ: str, S: int, k: float) -> dict:
+    """The organ preset's probe at output size S (cached in :func:`.bmode.scan_geometry`)."""
+    p = ORGAN_PRESETS[organ]
+    return scan_geometry(p["probe"], S, k, p["axial"], p["lateral"], p["focus"],
+                         p.get("half_angle"), p.get("top"), p.get("apex_radius"))
+
+
+def _lesion_outline(rng, lat: dict, S: int, k: float, native: bool) -> dict:
+    """The lesion's outline (centre not yet placed): semi-axes a, b and tilt theta (pixels, radians),
+    edge blur and the r(phi) table of :func:`_lesion_fields`. Harmonics give irregularity, spikes
+    the margin; `native` (detail_scale set) replaces the coarse spikes by :func:`_fine_margin`'s."""
+    a = rng.uniform(*LESION_RADIUS) * S
+    w = rng.uniform(*HARMONIC_WEIGHT, len(SHAPE_HARMONICS))
+    amps = w * lat["shape_irregularity"] * np.sqrt(2) / np.linalg.norm(w)
+    m = lat["margin_blur"]
+    n_sp = int(rng.integers(*COARSE_SPIKES))
+    spikes = [(rng.uniform(-np.pi, np.pi), m ** SPIKE_POWER * rng.uniform(*SPIKE_HEIGHT), rng.uniform(*SPIKE_WIDTH))
+              for _ in range(n_sp)]
+    harm = list(zip(SHAPE_HARMONICS, amps, rng.uniform(0, 2 * np.pi, len(SHAPE_HARMONICS))))
+    blur = EDGE_BLUR[0] + EDGE_BLUR[1] * m
+    if native:
+        blur, spikes = _fine_margin(rng, m, a / lat["shape_aspect"] ** 0.5, k)
+    table = _edge_table(harm, spikes)
+    # so the farthest edge point is LESION_RADIUS of S from the centre (native: of the outline before
+    # its spicules, so spicules do not shrink the lesion, a cue visible at any scale)
+    a = a / float((_edge_table(harm, []) if native else table).max())
+    return dict(a=float(a), b=float(a / lat["shape_aspect"]), theta=float(rng.uniform(-MAX_TILT, MAX_TILT)),
+                blur=blur, table=table)
+
+
+def _place_lesion(rng, L: dict, g: dict, S: int, depth: tuple[float, float]) -> float:
+    """Draw the lesion centre L["cx"], L["cy"] (pixels) inside the seen region, at `depth` (fractions
+    of S or of the fan's depth); a lesion too big for a fan is shrunk. Returns the radius R (pixels)
+    that bounds every mask pixel."""
+    R = float(L["a"] * L["table"].max()) + LESION_PAD
+    lo, hi = depth
+    if g["convex"]:
+        r0, rf, sin_t = g["r0"], g["r_far"], math.sin(g["half_angle"])
+        fit = FAN_FILL * (sin_t * (rf - FAN_EDGE) - LESION_PAD) / (1 + sin_t)   # largest R that fits in the fan
+        if R > fit:
+            scale = (fit - LESION_PAD) / (R - LESION_PAD)
+            L["a"], L["b"], R = L["a"] * scale, L["b"] * scale, fit
+        hi_r = rf - R - FAN_EDGE
+        rho = rng.uniform(min(max(r0 + lo * (rf - r0) + R, (R + LESION_PAD) / sin_t), hi_r), hi_r)
+        th_max = max(0.0, g["half_angle"] - math.asin(min(1.0, (R + LESION_PAD) / rho)))
+        th = rng.uniform(-th_max, th_max)
+        L["cx"], L["cy"] = float(g["apex"][0] + rho * math.sin(th)), float(g["apex"][1] + rho * math.cos(th))
+    else:
+        L["cx"] = rng.uniform(R + LESION_PAD, S - R - LESION_PAD)
+        top, bottom = min(lo * S + R, S - R - LESION_PAD), min(hi * S, S - R - LESION_PAD)
+        L["cy"] = rng.uniform(top, max(bottom, top))
+    return R
+
+
+def _posterior(rng, cls: dict) -> tuple[bool, float]:
+    """(shadowing?, lesion / tissue attenuation ratio) for the classes `cls`."""
+    echo = cls["echo"]
+    if echo == "Hyperechoic":
+        shadow = rng.random() < P_SHADOW_HYPERECHOIC
+    elif echo == "Hypoechoic" and (cls["shape"] == "Irregular" or cls["margin"] != "Circumscribed"):
+        shadow = rng.random() < P_SHADOW_HYPOECHOIC
+    else:
+        shadow = False
+    if shadow:
+        return shadow, rng.uniform(*ATTEN_SHADOW)
+    anechoic, other = rng.uniform(*ATTEN_ANECHOIC), rng.uniform(*ATTEN_OTHER)   # both drawn, whatever the class
+    return shadow, anechoic if echo == "Anechoic" else other
+
+
+def _add_lesion(rng, cls: dict, lat: dict, g: dict, L: dict, R: float, B, alpha) -> dict:
+    """Composite the lesion into B (its echo level relative to the tissue around it, a halo on its
+    edge) and alpha (its attenuation); sets lat["atten_ratio"]. Returns the RF window, the lesion
+    weight wl there, the halo gain and whether it shadows."""
+    window = rf_window(g, L["cx"], L["cy"], R)
+    wl, halo, _ = _lesion_fields(L, g["X"][window], g["Y"][window])
+    b_ref = float(B[window].mean())
+    halo_gain = rng.uniform(*DARK_HALO_GAIN) if rng.random() < P_DARK_HALO else rng.uniform(*BRIGHT_HALO_GAIN)
+    halo_gain *= 1.0 if cls["echo"] == "Isoechoic" else (rng.random() < P_HALO_UNLESS_ISO) * HALO_UNLESS_ISO
+    shadow, f_att = _posterior(rng, cls)
+    lat["atten_ratio"] = float(f_att)
+    inside = np.float32(10 ** (lat["echo_db"] / 20) * b_ref)
+    B[window] = (B[window] * (1 - wl) + inside * wl) * (1 + halo_gain * halo)
+    alpha[window] += (f_att - 1) * wl
+    return dict(window=window, wl=wl, halo_gain=halo_gain, shadow=shadow)
+
+
+def _lesion_texture(rng, echo: str, tissue: float):
+    """Texture strength (log-amplitude sd) inside the lesion; an isoechoic one differs only by it."""
+    if echo == "Isoechoic":
+        low, gain, lo, hi = ISO_TEXTURE
+        return rng.choice([low * tissue, min(hi, max(lo, gain * tissue))])
+    return tissue * rng.uniform(*TEXTURE_SPREAD)
+
+
+def _log_amplitude(rng, g: dict, p: dict, k: float, B, alpha, lesion: dict, s_in, touched: list[slice]):
+    """Scatterer log amplitude on the RF grid: tissue x texture x attenuation x TGC (log-normal
+    texture with its mean energy removed, so texture changes no brightness). Returns it and the
+    TGC per RF row (log amplitude)."""
+    n_ax, n_lat, dr, tx = g["n_ax"], g["n_lat"], g["dr"], p["texture"]
+    kpx = p["atten_db"] * np.log(10) / 20 / g["depth_px"]
+    dpx = g["depth"] * g["depth_px"]
+    tgc = (kpx * dpx * rng.uniform(*TGC_FRACTION) + TGC_RIPPLE * wavy(rng, g["depth"], 1.0)).astype(np.float32)
+    tex = smooth_field(rng, (n_ax, n_lat), (p["texture_px"] * k / dr,
+                                            p["texture_px"] * k / float(np.median(g["px_line"]))))
+    big = smooth_field(rng, (n_ax, n_lat), (n_ax / GAIN_FIELD_CELLS, n_lat / GAIN_FIELD_CELLS))
+    v = float(tex.var())
+    logA = np.log(B + np.float32(AMPLITUDE_FLOOR))
+    logA += tx * tex
+    logA += GAIN_FIELD_SD * big
+    logA += (tgc - kpx * dpx - tx * tx * v)[:, None]
+    window, wl = lesion["window"], lesion["wl"]
+    s_w = tx + (s_in - tx) * wl
+    logA[window] += (s_w - tx) * tex[window] - (s_w * s_w - tx * tx) * v
+    cols = slice(min(c.start for c in touched), max(c.stop for c in touched))   # beams that cross a change
+    logA[:, cols] -= np.cumsum(alpha[:, cols] - 1, axis=0) * np.float32(kpx * dr)
+    return logA, tgc
+
+
+def _lesion_mask(L: dict, R: float, S: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """Exact lesion mask on output pixel centres and its tight box (x1, y1, x2, y2), x2 = max col + 1."""
+    x0, x1 = max(0, int(L["cx"] - R) - 1), min(S, int(L["cx"] + R) + 2)
+    y0, y1 = max(0, int(L["cy"] - R) - 1), min(S, int(L["cy"] + R) + 2)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+    mask = np.zeros((S, S), bool)
+    mask[y0:y1, x0:x1] = _lesion_fields(L, xx, yy)[2]
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return mask, (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
+
 
 def generate_case(seed: int, organ: str = "liver", size: int = 256, attribute_classes: dict | None = None,
                   detail_scale: float | None = None) -> SynthCase:
@@ -263,147 +331,30 @@ def generate_case(seed: int, organ: str = "liver", size: int = 256, attribute_cl
     posterior features stay visible at any scale. Anatomy, lesion size and placement are the same.
     """
     p = _check_organ(organ)
-    if size < 64:
-        raise ValueError(f"size must be >= 64 pixels, got {size}")
-    if detail_scale is not None and not (isinstance(detail_scale, (int, float)) and 0.25 <= detail_scale <= 64):
-        raise ValueError(f"detail_scale must be None or a number of pixels in [0.25, 64], got {detail_scale!r}")
-    forced = dict(attribute_classes or {})
-    for a, c in forced.items():
-        check_attribute(a)
-        if c not in ATTRIBUTE_LABELS[a]:
-            raise ValueError(f"unknown {a} class {c!r}; expected one of {ATTRIBUTE_LABELS[a]}")
+    forced = _check_case_args(size, attribute_classes, detail_scale)
     S, rng = int(size), np.random.default_rng(seed)
     k = S / 256 if detail_scale is None else float(detail_scale)
-    g = _geometry(organ, S, k)
+    g = _probe(organ, S, k)
     cls, lat = _draw_latent(rng, forced, float(rng.random()))
-    # lesion geometry: major diameter 12-35 % of the width, harmonics for irregularity, spikes for margin
-    a = rng.uniform(0.06, 0.175) * S
-    w = rng.uniform(0.3, 1.0, 3)
-    amps = w * lat["shape_irregularity"] * np.sqrt(2) / np.linalg.norm(w)
-    m = lat["margin_blur"]
-    n_sp = int(rng.integers(6, 14))
-    spikes = [(rng.uniform(-np.pi, np.pi), m ** 1.5 * rng.uniform(0.08, 0.3), rng.uniform(0.05, 0.1)) for _ in range(n_sp)]
-    harm = list(zip((3, 4, 5), amps, rng.uniform(0, 2 * np.pi, 3)))
-    blur = 0.01 + 0.12 * m
-    if detail_scale is not None:                     # the coarse spikes above are replaced by fine ones
-        blur, spikes = _fine_margin(rng, m, a / lat["shape_aspect"] ** 0.5, k)
-    table = _edge_table(harm, spikes)
-    # so the farthest edge point is 6-17.5 % of S from the centre (native: of the outline before its spicules,
-    # so spicules do not shrink the lesion, a cue visible at any scale)
-    a = a / float((table if detail_scale is None else _edge_table(harm, [])).max())
-    L = dict(a=float(a), b=float(a / lat["shape_aspect"]), theta=float(rng.uniform(-0.4, 0.4)),
-             blur=blur, table=table)
-    R = float(a * table.max()) + 2.0                                   # bounds every mask pixel
-    lo, hi = p["lesion_depth"]
-    if g["convex"]:
-        r0, rf, sin_t = g["r0"], g["r_far"], math.sin(g["half_angle"])
-        fit = 0.95 * (sin_t * (rf - 3) - 2) / (1 + sin_t)                # largest R that fits in the fan
-        if R > fit:                                                    # shrink the lesion to fit
-            scale = (fit - 2) / (R - 2)
-            L["a"], L["b"], R = L["a"] * scale, L["b"] * scale, fit
-        hi_r = rf - R - 3
-        rho = rng.uniform(min(max(r0 + lo * (rf - r0) + R, (R + 2) / sin_t), hi_r), hi_r)
-        th_max = max(0.0, g["half_angle"] - math.asin(min(1.0, (R + 2) / rho)))
-        th = rng.uniform(-th_max, th_max)
-        L["cx"], L["cy"] = float(g["apex"][0] + rho * math.sin(th)), float(g["apex"][1] + rho * math.cos(th))
-    else:
-        L["cx"] = rng.uniform(R + 2, S - R - 2)
-        L["cy"] = rng.uniform(min(lo * S + R, S - R - 2), max(min(hi * S, S - R - 2), min(lo * S + R, S - R - 2)))
-    # tissue, vessels, lesion on the RF grid
-    B, alpha = _layers(organ, g, rng, S)
-    X, Y, touched = g["X"], g["Y"], []
-    for _ in range(int(rng.integers(p["vessels"][0], p["vessels"][1] + 1))):
-        pt, ang, rv = rng.uniform(0.1 * S, 0.9 * S, 2).tolist(), rng.uniform(0, 2 * np.pi), rng.uniform(0.015, 0.04) * S
-        ln = rng.uniform(0.0, 0.4) * S                                 # 0 = vessel seen in cross-section
-        if _seg_dist((L["cx"], L["cy"]), pt, ang, ln) > R + rv + 0.03 * S:
-            touched.append(_tube(g, pt, ang, ln, rv, alpha, B, float(rng.choice([0.0, 1.5]))))
-    if organ == "thyroid":                                            # carotid artery on the far side
-        side = 0.1 * S if L["cx"] > S / 2 else 0.9 * S
-        cy, rc = rng.uniform(0.4, 0.6) * S, rng.uniform(0.07, 0.1) * S
-        if np.hypot(L["cx"] - side, L["cy"] - cy) > R + rc + 4:
-            touched.append(_tube(g, (side, cy), 0.0, 0.0, rc, alpha, B, 1.5))
-    ri, rj = _rf_window(g, L["cx"], L["cy"], R)
-    wl, halo, _ = _lesion_fields(L, X[ri, rj], Y[ri, rj])
-    b_ref = float(B[ri, rj].mean())
-    echo = cls["echo"]
-    halo_gain = rng.uniform(-0.85, -0.6) if rng.random() < 0.6 else rng.uniform(1.5, 2.5)
-    halo_gain *= 1.0 if echo == "Isoechoic" else (rng.random() < 0.3) * 0.4
-    shadow = (echo == "Hyperechoic" and rng.random() < 0.35) or (
-        echo == "Hypoechoic" and (cls["shape"] == "Irregular" or cls["margin"] != "Circumscribed") and rng.random() < 0.4)
-    f_att = rng.uniform(3.0, 6.0) if shadow else {"Anechoic": rng.uniform(0.0, 0.2)}.get(echo, rng.uniform(0.8, 1.3))
-    lat["atten_ratio"] = float(f_att)
-    inside = np.float32(10 ** (lat["echo_db"] / 20) * b_ref)
-    B[ri, rj] = (B[ri, rj] * (1 - wl) + inside * wl) * (1 + halo_gain * halo)
-    alpha[ri, rj] += (f_att - 1) * wl
-    touched.append(rj)
-    s_in = (rng.choice([0.2 * p["texture"], min(0.9, max(0.6, 2.5 * p["texture"]))]) if echo == "Isoechoic"
-            else p["texture"] * rng.uniform(0.6, 1.5))
-    # scatterer amplitude (log domain): tissue x texture x attenuation x TGC, then electronic noise
-    n_ax, n_lat, dr, tx = g["n_ax"], g["n_lat"], g["dr"], p["texture"]
-    kpx = p["atten_db"] * np.log(10) / 20 / g["depth_px"]
-    dpx = g["depth"] * g["depth_px"]
-    tgc = (kpx * dpx * rng.uniform(0.7, 0.92) + 0.15 * _wavy(rng, g["depth"], 1.0)).astype(np.float32)
-    tex = _smooth_field(rng, (n_ax, n_lat), (p["texture_px"] * k / dr,
-                                             p["texture_px"] * k / float(np.median(g["px_line"]))))
-    big = _smooth_field(rng, (n_ax, n_lat), (n_ax / 5, n_lat / 5))
-    v = float(tex.var())          # log-normal texture with its mean energy removed: no brightness change
-    logA = np.log(B + np.float32(1e-4))
-    logA += tx * tex
-    logA += 0.12 * big
-    logA += (tgc - kpx * dpx - tx * tx * v)[:, None]
-    s_w = tx + (s_in - tx) * wl
-    logA[ri, rj] += (s_w - tx) * tex[ri, rj] - (s_w * s_w - tx * tx) * v
-    cols = slice(min(c.start for c in touched), max(c.stop for c in touched))   # beams that cross a change
-    logA[:, cols] -= np.cumsum(alpha[:, cols] - 1, axis=0) * np.float32(kpx * dr)
-    noise_row = (10 ** ((-58 + 22 * lat["noise"]) / 20) * np.exp(tgc))[:, None]   # electronic noise, then TGC
-    rf = rng.standard_normal((n_ax, n_lat), dtype=np.float32)
-    rf *= np.hypot(np.exp(logA, out=logA), noise_row)
-    # lateral beam (per-row Gaussian in the line-frequency domain)
-    rf = sfft.irfft(sfft.rfft(rf, n=g["n_lfft"], axis=1) * g["lat_h"], n=g["n_lfft"], axis=1)[:, :n_lat]
-    # axial pulse + Hilbert + IQ decimation by 2 in one FFT pair
-    spec = sfft.rfft(rf, n=g["n_fft"], axis=0)
-    base = np.zeros((g["n_fft"] // 2, n_lat), np.complex64)
-    base[g["dest"]] = spec[g["band"]] * g["h"]
-    env = np.abs(sfft.ifft(base, axis=0))[: n_ax // 2]
-    # scan conversion and log compression
-    if g["convex"]:
-        i0, j0, wi, wj = g["i0"], g["j0"], g["wi"], g["wj"]
-        v = (env[i0, j0] * (1 - wi) + env[i0 + 1, j0] * wi) * (1 - wj) + (env[i0, j0 + 1] * (1 - wi) + env[i0 + 1, j0 + 1] * wi) * wj
-        out = np.zeros(S * S, np.float32)
-        out[g["flat"]] = v
-        env_img = out.reshape(S, S)
-    else:
-        env_img = env
-    ref = float(env_img[g["fov"]].mean())
-    gray = rng.uniform(95, 120) + 255 / p["dynamic_range"] * 20 * np.log10(env_img / ref + 1e-6)
-    image = np.clip(gray, 0, 255).astype(np.uint8)
-    image[~g["fov"]] = 0
-    # exact lesion mask on output pixel centres
-    x0, x1 = max(0, int(L["cx"] - R) - 1), min(S, int(L["cx"] + R) + 2)
-    y0, y1 = max(0, int(L["cy"] - R) - 1), min(S, int(L["cy"] + R) + 2)
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
-    mask = np.zeros((S, S), bool)
-    mask[y0:y1, x0:x1] = _lesion_fields(L, xx, yy)[2]
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    box = (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
-    diff = {a_: min(1.0, closeness(a_, lat) + 0.1 * lat["noise"]) for a_ in ATTRIBUTES}
-    posterior = "shadowing" if shadow else ("enhancement" if echo == "Anechoic" else "none")
+    L = _lesion_outline(rng, lat, S, k, native=detail_scale is not None)
+    R = _place_lesion(rng, L, g, S, p["lesion_depth"])
+    B, alpha = layers(organ, g, rng, S)                               # tissue, vessels, lesion on the RF grid
+    touched = add_vessels(rng, organ, p["vessels"], g, L, R, S, B, alpha)
+    lesion = _add_lesion(rng, cls, lat, g, L, R, B, alpha)
+    touched.append(lesion["window"][1])
+    s_in = _lesion_texture(rng, cls["echo"], p["texture"])
+    logA, tgc = _log_amplitude(rng, g, p, k, B, alpha, lesion, s_in, touched)
+    env = envelope(scatterers(rng, logA, tgc, lat["noise"]), g)
+    image = log_compress(rng, scan_convert(env, g, S), g, p["dynamic_range"])
+    mask, box = _lesion_mask(L, R, S)
+    diff = {a: min(1.0, closeness(a, lat) + NOISE_DIFFICULTY * lat["noise"]) for a in ATTRIBUTES}
+    posterior = "shadowing" if lesion["shadow"] else ("enhancement" if cls["echo"] == "Anechoic" else "none")
     return SynthCase(image=image, box=box, mask=mask, organ=organ, attributes=cls, latent=lat, difficulty=diff,
-                     seed=int(seed), fov=g["fov"].copy(), meta=dict(posterior=posterior, lesion_center=(L["cx"], L["cy"]),
-                                                             lesion_radius=L["a"], halo_gain=float(halo_gain)))
+                     seed=int(seed), fov=g["fov"].copy(),
+                     meta=dict(posterior=posterior, lesion_center=(L["cx"], L["cy"]), lesion_radius=L["a"],
+                               halo_gain=float(lesion["halo_gain"])))
 
 
-def _rf_window(g: dict, cx: float, cy: float, R: float):
-    """Index slices of the RF grid covering the disc of radius R pixels around (cx, cy)."""
-    if not g["convex"]:
-        return (slice(max(0, int((cy - R - 0.5) / g["dr"]) - 2), min(g["n_ax"], int((cy + R - 0.5) / g["dr"]) + 3)),
-                slice(max(0, int(cx - R) - 2), min(g["n_lat"], int(cx + R) + 3)))
-    rho, th = np.hypot(cx - g["apex"][0], cy - g["apex"][1]), np.arctan2(cx - g["apex"][0], cy - g["apex"][1])
-    dth = np.arcsin(min(1.0, R / rho))
-    i = ((rho - R - g["r0"]) / g["dr"], (rho + R - g["r0"]) / g["dr"])
-    j = ((th - dth + g["half_angle"]) / g["dth"], (th + dth + g["half_angle"]) / g["dth"])
-    return (slice(max(0, int(i[0]) - 2), min(g["n_ax"], int(i[1]) + 3)),
-            slice(max(0, int(j[0]) - 2), min(g["n_lat"], int(j[1]) + 3)))
 
 
 def generate_samples(organ: str, n: int, seed: int, size: int = 256, attributes=ATTRIBUTES,
