@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoomdx_lib.data import images, importers, store
+from zoomdx_lib.data import images, importers, store, synth
 from zoomdx_lib.config import get_profile
 from zoomdx_lib.data.dialogue import parse_dialogue
 from zoomdx_lib.geometry import model_input_size
@@ -265,7 +265,6 @@ def test_export_samples_keeps_other_splits(busi, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def synth_dirs(tmp_path_factory):
-    pytest.importorskip("zoomdx_lib.data.synth")
     a, b = tmp_path_factory.mktemp("synA"), tmp_path_factory.mktemp("synB")
     return store.build_synthetic_splits(TINY, a, progress=False), a, store.build_synthetic_splits(TINY, b, progress=False), b
 
@@ -275,6 +274,7 @@ def test_synthetic_splits_files_and_counts(synth_dirs):
     splits = info["splits"]
     assert {k: v["count"] for k, v in splits.items()} == {"train": 12, "test_liver": 3, "test_breast": 3,
                                                           "test_thyroid": 3}
+    assert {k.removeprefix("test_") for k in splits if k != "train"} == set(synth.ORGAN_PRESETS)   # one test split per organ
     assert set(splits["train"]["attributes"]) == set(TINY.data.attributes)
     assert max(splits["train"]["attributes"].values()) - min(splits["train"]["attributes"].values()) <= 2
     for split in splits:
