@@ -26,7 +26,15 @@ def test_every_notebook_ran_and_wrote_metrics(smoke_run):
     assert [k for k in manifest["notebooks"]] == NOTEBOOKS
     for name in NOTEBOOKS:
         assert manifest["notebooks"][name]["status"] == "done"
-        assert read_metrics(run, name)["profile"] == "smoke" or name == "05_rollout_browser"
+        assert read_metrics(run, name)["profile"] == "smoke", name
+    # 05 browses every cached sampled generation: one summary row per (dataset, method), its case count
+    # and how many c=0 cases the c filter shows
+    sampled = {(d, m): recs for (m, d, mode, seed), recs in E.load_cached(run / "generations").items()
+               if mode == "sample" and seed == 0}
+    m05 = read_metrics(run, "05_rollout_browser")
+    assert sampled and m05["pairs"] == len(sampled)
+    assert [(r["dataset"], r["method"], r["cases"], r["shown_after_filter"]) for r in m05["summary"]] == [
+        (d, m, len(recs), sum(r["c"] == 0 for r in recs)) for (d, m), recs in sorted(sampled.items())]
     m00 = read_metrics(run, "00_pretrain_base")
     assert set(m00["grounding"]) == {"liver", "breast", "thyroid"}
     for organ, r in m00["grounding"].items():   # the shipped base finds lesions better than a constant box
