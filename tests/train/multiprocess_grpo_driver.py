@@ -19,7 +19,7 @@ from test_grpo_trl import ROLLOUT, TURN1, Script, _load, _sample  # noqa: E402
 
 from zoomdx_lib.config import PAPER, GRPOConfig  # noqa: E402
 from zoomdx_lib.train import grpo_trl  # noqa: E402
-from zoomdx_lib.train.sft_trainer import rank_param_diff  # noqa: E402
+from zoomdx_lib.train.common import rank_param_diff  # noqa: E402
 
 
 def main(model_dir, out_dir, steps):

@@ -13,9 +13,10 @@ from zoomdx_lib.model import chat
 from zoomdx_lib.model.build import TINY_TRAINING_CHAT_TEMPLATE, build_tiny_checkpoint
 from zoomdx_lib.model.load import load_model_and_processor, lora_config
 from zoomdx_lib.protocol import zoom_messages
+from zoomdx_lib.train.common import loop_draws
 from zoomdx_lib.train.loop import LoopConfig, run_loop
 from zoomdx_lib.train.sft import cosine_schedule, encode_records, train
-from zoomdx_lib.train.sft_trainer import DialogueDataset, loop_draws, train_with_trl
+from zoomdx_lib.train.sft_trainer import DialogueDataset, train_with_trl
 
 
 def _write_records(root, n=6):

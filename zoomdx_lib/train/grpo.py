@@ -14,7 +14,6 @@ results, and a group-level reward needs whole groups per rank. This step keeps e
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -32,25 +31,11 @@ from ..rl.advantages import compute_advantages
 from ..rl.rewards import VARIANTS, mode_and_kappa, score_group
 from ..rl.rollout import HFPolicy, Trajectory, rollout
 from .grpo_trl import train_grpo_trl
+from .common import dropout_off, trainable_adamw
 from .loop import LoopConfig, processes, run_loop
 
 __all__ = ["GRPOConfig", "RolloutConfig", "VARIANTS", "grpo_step", "train_grpo", "run_grpo", "sequence_logprobs",
            "log_end_values", "LOG_KEYS", "RESULT_KEYS"]
-
-
-@contextlib.contextmanager
-def dropout_off(model):
-    """Every dropout of `model` at p = 0 inside the block (restored after): train mode without noise,
-    so gradient checkpointing stays active while the loss pass equals the eval-mode forward."""
-    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-    saved = [m.p for m in drops]
-    for m in drops:
-        m.p = 0.0
-    try:
-        yield
-    finally:
-        for m, p in zip(drops, saved):
-            m.p = p
 
 
 def _chunks(items: Sequence, size: int):
@@ -196,7 +181,7 @@ def train_grpo(model, processor, train_items: Sequence[tuple], cfg: GRPOConfig, 
     seeds the prompt sampler and, at a fresh start, the torch RNG (rollout sampling, LoRA dropout).
     Returns the log rows.
     """
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    opt = trainable_adamw(model, cfg.lr)
     loop = LoopConfig(steps=cfg.steps, draws_per_step=cfg.prompts_per_step, checkpoint_every=cfg.checkpoint_every,
                       sampler_seed=seed, torch_seed=seed, desc=f"GRPO {variant}/{cfg.estimator}")
 

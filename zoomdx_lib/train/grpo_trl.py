@@ -103,7 +103,6 @@ from trl import GRPOTrainer
 
 from ..config import PAPER, GRPOConfig, PaperHyperParams, RolloutConfig
 from ..geometry import model_input_size, processor_pixel_bounds
-from ..io import append_jsonl
 from ..io import progress as progress_bar
 from ..model import chat
 from ..model.build import QWEN25_VL_CHAT_TEMPLATE, TINY_CHAT_TEMPLATE
@@ -121,9 +120,9 @@ from ..rl.advantages import compute_advantages, credit_group_term
 from ..rl.rewards import mode_and_kappa, score_group
 from ..rl.rollout import Trajectory
 from ..rl.zoom import zoom
-from .checkpoints import latest_checkpoint, save_checkpoint
-from .loop import LOG_NAME, cut_log, processes, read_log, resume_latest
-from .sft_trainer import loop_draws, rank_param_diff
+from .checkpoints import latest_checkpoint
+from .common import CheckpointAndLog, FixedDraws, dropout_off, loop_draws, trainable_adamw
+from .loop import cut_log, processes, read_log, resume_latest
 
 __all__ = ["ZOOM_RESPONSE_TEMPLATE", "ZoomEnvironment", "ZoomGRPOTrainer", "ZoomRewards", "build_trainer",
            "environment_factory", "prompt_dataset", "tool_chat_template", "tool_rendering", "train_grpo_trl"]
@@ -423,20 +422,6 @@ def step_row(batch: ScoredBatch, advantages: np.ndarray, time_generation_s: floa
 
 
 # ------------------------------------------------------------------------------------ the trainer
-class _Draws(torch.utils.data.Sampler):
-    """The loop's prompt draws as TRL's sampler lays them out: each step's P prompts, each G times in a row,
-    the whole block repeated once per accumulation step (only the first one is generated for)."""
-
-    def __init__(self, steps: Sequence[Sequence[int]], G: int, repeats: int):
-        self.indices = [i for idx in steps for _ in range(repeats) for i in idx for _ in range(G)]
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
 class ZoomGRPOTrainer(GRPOTrainer):
     """GRPOTrainer with the workbook's advantages, the loop's prompt draws and a log row per step.
 
@@ -455,7 +440,8 @@ class ZoomGRPOTrainer(GRPOTrainer):
     def _get_train_sampler(self, dataset=None):
         if self._draws is None:
             return super()._get_train_sampler(dataset)
-        return _Draws(self._draws, self.num_generations, self.num_iterations * self.args.steps_per_generation)
+        return FixedDraws.grouped(self._draws, self.num_generations,
+                                  self.num_iterations * self.args.steps_per_generation)
 
     def _generate(self, prompts: list):
         t0 = time.perf_counter()
@@ -543,7 +529,7 @@ def build_trainer(model, processor, items: Sequence[tuple], cfg: GRPOConfig, out
         activation_checkpointing=gc, activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
         use_vllm=use_vllm, vllm_mode="colocate")
     if optimizer is None:
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+        optimizer = trainable_adamw(model, cfg.lr)
     if scheduler is None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     if draws is None:
@@ -563,46 +549,24 @@ def build_trainer(model, processor, items: Sequence[tuple], cfg: GRPOConfig, out
 
 
 # ------------------------------------------------------------------------------------ training
-class _LogAndCheckpoint(TrainerCallback):
-    """One ``log.jsonl`` row per step (the explicit step's keys) and the workbook's checkpoints."""
+def _postfix(row: dict) -> dict:
+    return dict(R=f"{row['reward_total']:.2f}", iou=f"{row['mean_iou']:.2f}")
 
-    def __init__(self, out_dir: Path, start: int, steps: int, every: int, rng_state, callbacks, bar):
-        self.out_dir, self.start, self.steps, self.every = out_dir, start, steps, every
-        self.rng_state, self.callbacks, self.bar, self.trainer = rng_state, callbacks, bar, None
-        self.t0 = time.perf_counter()
-        self.rank_diff = 0.0
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.rng_state is not None:   # a resumed run continues the checkpoint's RNG from its first step on
-            torch.set_rng_state(self.rng_state)
-            self.rng_state = None
-        self.t0 = time.perf_counter()
+class _GRPOLog(CheckpointAndLog):
+    """The explicit step's log row of each step: the trainer's scored batch, TRL's loss, grad norm and KL."""
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.rank_diff = rank_param_diff(model)   # every process calls it (it all-gathers)
+    trainer: ZoomGRPOTrainer | None = None
 
-    def on_log(self, args, state, control, logs=None, model=None, optimizer=None, lr_scheduler=None, **kwargs):
-        if not logs or "loss" not in logs or self.trainer.zoom_row is None:
-            return
+    def log_row(self, logs: dict, lr_scheduler) -> dict | None:
+        if self.trainer.zoom_row is None:
+            return None
         row = dict(self.trainer.zoom_row)
         self.trainer.zoom_row = None
-        if not state.is_world_process_zero:   # one log and one checkpoint (the first process's groups)
-            return
-        step = self.start + state.global_step
         row.update(loss=float(logs["loss"]), grad_norm=float(logs.get("grad_norm") or 0.0),
                    kl=float(logs.get("kl") or 0.0),
                    time_update_s=max(0.0, time.perf_counter() - self.t0 - row["time_generation_s"]))
-        row = {"step": step, **row}
-        if args.world_size > 1:
-            row["rank_param_diff"] = self.rank_diff
-        append_jsonl(self.out_dir / LOG_NAME, row)
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(R=f"{row['reward_total']:.2f}", iou=f"{row['mean_iou']:.2f}")
-        for callback in self.callbacks:
-            callback(row)
-        if step % self.every == 0 or step == self.steps:
-            save_checkpoint(self.out_dir, step, model, optimizer, lr_scheduler, extra={"engine": "trl"})
+        return row
 
 
 def train_grpo_trl(model, processor, train_items: Sequence[tuple], cfg: GRPOConfig, out_dir,
@@ -619,7 +583,7 @@ def train_grpo_trl(model, processor, train_items: Sequence[tuple], cfg: GRPOConf
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.0)
+    opt = trainable_adamw(model, cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     ckpt = latest_checkpoint(out_dir) if resume else None
     start = json.loads((ckpt / "trainer_state.json").read_text())["step"] if ckpt is not None else 0
@@ -637,12 +601,10 @@ def train_grpo_trl(model, processor, train_items: Sequence[tuple], cfg: GRPOConf
     draws = [flat[k * P:(k + 1) * P] for k in range(start, cfg.steps)]
     bar = progress_bar(range(start, cfg.steps), progress, desc=f"GRPO {variant}/{cfg.estimator} (TRL)",
                        initial=start, total=cfg.steps)
-    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
-    saved_p = [m.p for m in drops]
     try:
-        with tool_rendering(processor):
-            logger = _LogAndCheckpoint(out_dir, start, cfg.steps, cfg.checkpoint_every, None, callbacks,
-                                       bar if progress else None)
+        with tool_rendering(processor), dropout_off(model):   # and back after TRL's disable_dropout zeroed them
+            logger = _GRPOLog(out_dir, start, cfg.steps, cfg.checkpoint_every, None, callbacks,
+                              bar if progress else None, postfix=_postfix)
             trainer = build_trainer(model, processor, train_items, cfg, out_dir, variant, rollout_cfg, hp, seed,
                                     steps=cfg.steps - start, draws=draws, optimizer=opt, scheduler=sched,
                                     device=device, callbacks=[logger])
@@ -653,8 +615,6 @@ def train_grpo_trl(model, processor, train_items: Sequence[tuple], cfg: GRPOConf
             model.train()
             trainer.train()
     finally:
-        for m, p in zip(drops, saved_p):   # TRL's disable_dropout sets every p to 0 for good
-            m.p = p
         if "ref" in getattr(model, "peft_config", {}):   # TRL's KL reference copy (beta > 0)
             model.delete_adapter("ref")
         model.eval()

@@ -56,6 +56,7 @@ from ..model.build import build_tiny_checkpoint
 from ..model.load import load_model_and_processor
 from ..rl.rollout import oracle_turn1
 from ..rl.zoom import zoom
+from .common import trainable_adamw
 from .loop import LoopConfig, run_loop
 from .sft import SFTExample, cosine_schedule, encode_conversation
 
@@ -286,7 +287,7 @@ def pretrain(cfg: PretrainConfig, out_dir, resume: bool = True, progress: bool =
     else:
         model = PretrainModel(vlm)
     atomic_write_json(out_dir / "pretrain_config.json", asdict(cfg))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = trainable_adamw(model, cfg.lr)   # every weight: the model is trained from scratch
     sched = cosine_schedule(opt, cfg.steps, cfg.warmup)
     eval_path = out_dir / "eval.jsonl"
 

@@ -27,6 +27,7 @@ from ..model import chat
 from ..model.build import build_tiny_checkpoint
 from ..model.load import load_model_and_processor, lora_config
 from ..protocol import ANSWER_RE, image_paths, single_turn_messages
+from .common import trainable_adamw
 from .loop import LoopConfig, processes, run_loop
 from .sft_trainer import DialogueDataset, train_with_trl
 
@@ -140,8 +141,8 @@ def train(model, processor, examples: Sequence[SFTExample], steps: int, batch_si
     and the log is `out_dir/log.jsonl`. `seed` seeds the batch sampler; the torch RNG (LoRA dropout)
     is left as the caller set it.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = trainable_adamw(model, lr, weight_decay)
+    params = opt.param_groups[0]["params"]
     sched = cosine_schedule(opt, steps, warmup)
 
     def step(idx: list[int]) -> dict:
@@ -209,7 +210,7 @@ def run_sft(profile: Profile, run_dir, mode: str = "zoom", resume: bool = True, 
             return train(net, processor, data, steps, cfg.batch_size, lr, out_dir, cfg.checkpoint_every, resume,
                          seed, warmup=cfg.lr_warmup_steps, progress=progress, callbacks=callbacks,
                          device=profile.device)
-        opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+        opt = trainable_adamw(net, lr)
         return train_with_trl(net, processor, data, steps, cfg.batch_size, opt,
                               cosine_schedule(opt, steps, cfg.lr_warmup_steps), out_dir, cfg.checkpoint_every,
                               resume, seed, profile.device, progress, callbacks)

@@ -39,16 +39,15 @@ from typing import Callable, Optional, Sequence
 import datasets
 import torch
 from PIL import Image
-from transformers import PrinterCallback, TrainerCallback
+from transformers import PrinterCallback
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
-from ..io import append_jsonl
 from ..io import progress as progress_bar
 from ..model.build import TINY_CHAT_TEMPLATE, TINY_TRAINING_CHAT_TEMPLATE
 from ..protocol import image_paths
-from .checkpoints import save_checkpoint
-from .loop import LOG_NAME, cut_log, processes, read_log, resume_latest
+from .common import CheckpointAndLog, FixedDraws, loop_draws
+from .loop import cut_log, processes, read_log, resume_latest
 
 
 class DialogueDataset(torch.utils.data.Dataset):
@@ -79,23 +78,6 @@ class DialogueDataset(torch.utils.data.Dataset):
         return datasets.Dataset.from_dict({"row": list(range(len(self)))}).with_transform(rows)
 
 
-def loop_draws(n_items: int, batch_size: int, steps: int, seed: int) -> list[int]:
-    """Every index `run_loop` would draw in `steps` steps: ``torch.randint`` from one generator, step after step."""
-    gen = torch.Generator().manual_seed(seed)
-    return [i for _ in range(steps) for i in torch.randint(n_items, (batch_size,), generator=gen).tolist()]
-
-
-class _Draws(torch.utils.data.Sampler):
-    def __init__(self, indices: list[int]):
-        self.indices = indices
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
 class _LoopSFTTrainer(SFTTrainer):
     """SFTTrainer whose training sampler yields fixed draws (see the module docstring)."""
 
@@ -109,57 +91,14 @@ class _LoopSFTTrainer(SFTTrainer):
         self.model_accepts_loss_kwargs = True
 
     def _get_train_sampler(self, train_dataset=None):
-        return _Draws(self._draws)
+        return FixedDraws(self._draws)
 
 
-def rank_param_diff(model) -> float:
-    """Largest difference between processes of the per-tensor float64 sums of `model`'s trainable weights
-    (0.0 with one process). Every process must call it (it all-gathers)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return 0.0
-    sums = torch.stack([p.detach().double().sum() for p in model.parameters() if p.requires_grad]).cpu()
-    gathered = [torch.empty_like(sums) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(gathered, sums)
-    return max(float((g - gathered[0]).abs().max()) for g in gathered)
+class _SFTLog(CheckpointAndLog):
+    """The SFT row of a step: its loss, learning rate and seconds."""
 
-
-class _CheckpointAndLog(TrainerCallback):
-    """Writes ``log.jsonl`` rows and the workbook's checkpoints (main process only); a resumed run gets the
-    checkpoint's torch RNG back; with several processes, checks after each step that their weights agree."""
-
-    def __init__(self, out_dir: Path, start: int, steps: int, every: int, rng_state, callbacks, bar):
-        self.out_dir, self.start, self.steps, self.every = out_dir, start, steps, every
-        self.rng_state, self.callbacks, self.bar = rng_state, callbacks, bar
-        self.t0 = time.perf_counter()
-        self.rank_diff = 0.0
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.rank_diff = rank_param_diff(model)
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        # The trainer seeds torch when train() starts and the data loader draws its base seed from torch when
-        # it starts iterating; a resumed run continues the checkpoint's RNG from its first step on instead.
-        if self.rng_state is not None:
-            torch.set_rng_state(self.rng_state)
-            self.rng_state = None
-        self.t0 = time.perf_counter()
-
-    def on_log(self, args, state, control, logs=None, model=None, optimizer=None, lr_scheduler=None, **kwargs):
-        if not logs or "loss" not in logs or not state.is_world_process_zero:
-            return
-        step = self.start + state.global_step
-        row = {"step": step, "loss": float(logs["loss"]), "lr": lr_scheduler.get_last_lr()[0],
-               "time_s": time.perf_counter() - self.t0}
-        if args.world_size > 1:
-            row["rank_param_diff"] = self.rank_diff
-        append_jsonl(self.out_dir / LOG_NAME, row)
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{row['loss']:.3f}")
-        for callback in self.callbacks:
-            callback(row)
-        if step % self.every == 0 or step == self.steps:
-            save_checkpoint(self.out_dir, step, model, optimizer, lr_scheduler, extra={"engine": "trl"})
+    def log_row(self, logs: dict, lr_scheduler) -> dict:
+        return {"loss": float(logs["loss"]), "lr": lr_scheduler.get_last_lr()[0], "time_s": time.perf_counter() - self.t0}
 
 
 def training_chat_template(processor) -> Optional[str]:
@@ -204,7 +143,8 @@ def train_with_trl(model, processor, dataset: DialogueDataset, steps: int, batch
     original = processor.chat_template
     progress = progress and procs.is_main_process
     bar = progress_bar(range(start, steps), progress, desc="SFT", initial=start, total=steps)
-    logger = _CheckpointAndLog(out_dir, start, steps, checkpoint_every, rng_state, callbacks, bar if progress else None)
+    logger = _SFTLog(out_dir, start, steps, checkpoint_every, rng_state, callbacks, bar if progress else None,
+                     postfix=lambda r: dict(loss=f"{r['loss']:.3f}"))
     try:
         if template is not None:   # the same text, with markers that tell the collator which tokens to train
             processor.chat_template = template

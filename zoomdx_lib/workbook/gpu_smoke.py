@@ -29,6 +29,7 @@ from ..config import get_profile, parse_key_values
 from ..data.store import build_synthetic_splits, load_items
 from ..model.build import build_processor, build_tokenizer, paper_shaped_config
 from ..model.load import default_attention, lora_config
+from ..train.common import trainable_adamw
 from ..train.grpo import grpo_step
 from ..train.plan import load_config, memory_plan
 from ..train.sft import cosine_schedule, dialogue_records
@@ -93,7 +94,7 @@ def run(device: str = "cuda", tiny: bool = False, sft_steps: int = 2, grpo_steps
 
     # SFT: the paper's batch through TRL
     _reset_peak(device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=prof.sft.lr_lora)
+    opt = trainable_adamw(model, prof.sft.lr_lora, weight_decay=0.01)   # torch's AdamW default decay
     dataset = DialogueDataset(dialogue_records(data, "train", "zoom"), data)
     t1 = time.perf_counter()
     rows = train_with_trl(model, processor, dataset, sft_steps, prof.sft.batch_size, opt,
@@ -107,7 +108,7 @@ def run(device: str = "cuda", tiny: bool = False, sft_steps: int = 2, grpo_steps
 
     # GRPO: P prompts x G rollouts at the paper's token budget
     items = load_items(data, "train")
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=prof.grpo.lr)
+    opt = trainable_adamw(model, prof.grpo.lr, weight_decay=0.01)
     steps = []
     _reset_peak(device)
     for k in range(grpo_steps):
