@@ -48,7 +48,7 @@ from IPython.display import display
 from zoomdx_lib.data.store import load_items, test_splits
 from zoomdx_lib.eval.generate import Method, evaluate_methods
 from zoomdx_lib.eval.scores import greedy_table
-from zoomdx_lib.train.sft import run_sft
+from zoomdx_lib.train.recipes import run_sft
 from zoomdx_lib.workbook import viz
 from zoomdx_lib.workbook.rundir import setup
 

@@ -45,7 +45,8 @@ from IPython.display import display
 from zoomdx_lib.data.store import load_items, test_splits
 from zoomdx_lib.eval.generate import Method, evaluate_methods
 from zoomdx_lib.eval.scores import greedy_table
-from zoomdx_lib.train.grpo import RESULT_KEYS, log_end_values, run_grpo
+from zoomdx_lib.train.grpo import RESULT_KEYS, log_end_values
+from zoomdx_lib.train.recipes import run_grpo
 from zoomdx_lib.workbook import viz
 from zoomdx_lib.workbook.rundir import setup
 

@@ -105,7 +105,8 @@ def test_from_scratch_stages_with_vision_warmup(smoke_run, tmp_path):
     import shutil
 
     from zoomdx_lib.model.load import load_model_and_processor
-    from zoomdx_lib.train.sft import load_dialogue_examples, load_warmup_examples, run_sft
+    from zoomdx_lib.train.recipes import run_sft
+    from zoomdx_lib.train.sft import load_dialogue_examples, load_warmup_examples
     run, _ = smoke_run
     shutil.copytree(run / "data", tmp_path / "data")
     prof = get_profile("smoke", model__path=None, sft__warmup_steps=3, sft__full_steps=4, sft__lora_steps=2)

@@ -36,8 +36,8 @@ from zoomdx_lib.train.grpo import (
     _log_row,
     grpo_step,
     log_end_values,
-    run_grpo,
 )
+from zoomdx_lib.train.recipes import run_grpo
 
 torch.set_num_threads(1)
 
@@ -315,7 +315,7 @@ def test_run_grpo_with_the_trl_engine_samples_and_writes_the_run_outputs(tiny_pa
     model, _ = _load(tiny_path)
     model.save_pretrained(tmp_path / "sft_adapter", safe_serialization=True)
     items = [(_sample("a", 1), speckle_image)]
-    monkeypatch.setattr("zoomdx_lib.train.grpo.load_items", lambda data_dir, split: items)
+    monkeypatch.setattr("zoomdx_lib.train.recipes.load_items", lambda data_dir, split: items)
     hp = dataclasses.replace(PAPER, group_size=2)
     profile = get_profile("smoke", hp=hp, grpo__engine="trl", grpo__steps=1, rollout__max_new_tokens=(6, 6))
     seen = []

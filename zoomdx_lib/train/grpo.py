@@ -14,27 +14,21 @@ results, and a group-level reward needs whole groups per rank. This step keeps e
 """
 from __future__ import annotations
 
-import dataclasses
 import time
-from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from peft import PeftModel
 
-from ..config import PAPER, GRPOConfig, PaperHyperParams, Profile, RolloutConfig
-from ..data.store import load_items
+from ..config import PAPER, GRPOConfig, PaperHyperParams, RolloutConfig
 from ..model import chat
-from ..model.load import load_model_and_processor
 from ..rl.advantages import compute_advantages
 from ..rl.rewards import VARIANTS, mode_and_kappa, score_group
 from ..rl.rollout import HFPolicy, Trajectory, rollout
-from .grpo_trl import train_grpo_trl
 from .common import dropout_off, trainable_adamw
-from .loop import LoopConfig, processes, run_loop
+from .loop import LoopConfig, run_loop
 
-__all__ = ["GRPOConfig", "RolloutConfig", "VARIANTS", "grpo_step", "train_grpo", "run_grpo", "sequence_logprobs",
+__all__ = ["GRPOConfig", "RolloutConfig", "VARIANTS", "grpo_step", "train_grpo", "sequence_logprobs",
            "log_end_values", "LOG_KEYS", "RESULT_KEYS"]
 
 
@@ -191,50 +185,6 @@ def train_grpo(model, processor, train_items: Sequence[tuple], cfg: GRPOConfig, 
     return run_loop(model, opt, step, len(train_items), loop, out_dir, resume=resume, show_progress=progress,
                     postfix=lambda r: dict(R=f"{r['reward_total']:.2f}", iou=f"{r['mean_iou']:.2f}"),
                     callbacks=callbacks)
-
-
-def run_name(variant: str, estimator: str) -> str:
-    """The model name of a GRPO run: ``grpo_{variant}_{estimator}``, or ``grpo_accuracy_only``."""
-    return f"grpo_{variant}_{estimator}" if variant == "uncertainty" else f"grpo_{variant}"
-
-
-def run_grpo(profile: Profile, run_dir, variant: str, estimator: str, sft_base: str, sft_adapter: str,
-             name: Optional[str] = None, steps: Optional[int] = None, resume: bool = True,
-             progress: bool = True) -> dict:
-    """The notebook-03 recipe: from the SFT adapter, train one RL variant on the train split.
-
-    Uses ``profile.grpo`` with `estimator` (and `steps` when given), the profile's rollout settings,
-    hyper-parameters and seed; ``profile.grpo.engine`` "trl" trains through TRL's GRPOTrainer
-    (:mod:`zoomdx_lib.train.grpo_trl`) instead of the explicit step. Saves the adapter as
-    `run_dir/models/{name}` (default :func:`run_name`) and returns {name, base, adapter, log, seconds,
-    time_generation_s, time_update_s}.
-    """
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown GRPO variant {variant!r}; choose one of {VARIANTS}")
-    run_dir, t0 = Path(run_dir), time.perf_counter()
-    name = name or run_name(variant, estimator)
-    procs = processes(profile.device)   # one process, or `accelerate launch`
-    if procs.num_processes > 1 and profile.grpo.engine != "trl":
-        raise ValueError(f"GRPO over {procs.num_processes} processes needs grpo.engine='trl' (the explicit step "
-                         f"runs in one process); got {profile.grpo.engine!r}")
-    model, processor = load_model_and_processor(sft_base, device=profile.device, **profile.model.pixel_bounds,
-                                                gradient_checkpointing=profile.model.gradient_checkpointing)
-    model = PeftModel.from_pretrained(model, sft_adapter, is_trainable=True)
-    cfg = dataclasses.replace(profile.grpo, estimator=estimator, steps=profile.grpo.steps if steps is None else steps)
-    items = load_items(run_dir / "data", "train")
-    if cfg.engine == "trl":   # TRL's GRPOTrainer: same prompts, rewards, advantages and outputs
-        log = train_grpo_trl(model, processor, items, cfg, run_dir / "checkpoints" / name, variant, profile.rollout,
-                             profile.hp, profile.seed, resume, progress, device=profile.device)
-    else:
-        log = train_grpo(model, processor, items, cfg, run_dir / "checkpoints" / name, variant, profile.rollout,
-                         profile.hp, profile.seed, resume, progress)
-    adapter = run_dir / "models" / name
-    if procs.is_main_process:
-        model.save_pretrained(adapter, safe_serialization=True)
-    procs.wait_for_everyone()
-    return dict(name=name, base=str(sft_base), adapter=str(adapter), log=log, seconds=time.perf_counter() - t0,
-                time_generation_s=sum(r["time_generation_s"] for r in log),
-                time_update_s=sum(r["time_update_s"] for r in log))
 
 
 LOG_KEYS = ("reward_total", "reward_loc", "reward_acc", "reward_fmt", "reward_group", "no_signal_share",

@@ -6,7 +6,7 @@
     accelerate launch --multi_gpu --num_processes 8 -m zoomdx_lib.train.launch --stage sft --profile paper ...
 
 The stages are the notebooks' own functions (:func:`zoomdx_lib.data.store.build_synthetic_splits`,
-:func:`zoomdx_lib.train.sft.run_sft`, :func:`zoomdx_lib.train.grpo.run_grpo`), so a launched run writes
+:func:`zoomdx_lib.train.recipes.run_sft`, :func:`zoomdx_lib.train.recipes.run_grpo`), so a launched run writes
 the same folders the notebooks read (`data/`, `checkpoints/`, `models/`). With several processes the
 profile's batch sizes are global; only the main process writes files. ``--multi_gpu`` is accelerate's
 name for its torchrun launcher: on a machine without CUDA the processes run on CPU over gloo.
@@ -23,9 +23,8 @@ from typing import Optional
 
 from ..config import get_profile, parse_key_values
 from ..data.store import build_synthetic_splits
-from .grpo import run_grpo
 from .loop import processes
-from .sft import run_sft
+from .recipes import run_grpo, run_sft
 
 STAGES = ("data", "sft", "grpo")
 

@@ -17,22 +17,16 @@ from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from peft import get_peft_model
 from PIL import Image
 
-from ..config import Profile
 from ..data.store import load_dialogues
 from ..io import progress as progress_bar
 from ..model import chat
-from ..model.build import build_tiny_checkpoint
-from ..model.load import load_model_and_processor, lora_config
 from ..protocol import ANSWER_RE, image_paths, single_turn_messages
 from .common import trainable_adamw
-from .loop import LoopConfig, processes, run_loop
-from .sft_trainer import DialogueDataset, train_with_trl
+from .loop import LoopConfig, run_loop
 
 MODES = ("zoom", "single")
-ENGINES = ("trl", "explicit")   # TRL's SFTTrainer, or our loop (the reference; same batches)
 
 
 @dataclass
@@ -163,79 +157,3 @@ def train(model, processor, examples: Sequence[SFTExample], steps: int, batch_si
                         postfix=lambda r: dict(loss=f"{r['loss']:.3f}"), callbacks=callbacks)
     finally:
         model.eval()
-
-
-def run_sft(profile: Profile, run_dir, mode: str = "zoom", resume: bool = True, progress: bool = True,
-            callbacks: Sequence[Callable] = ()) -> dict:
-    """The notebook-02 recipe for one profile: returns {base, adapter, history_warmup, history_full,
-    history_lora, seconds, n_examples}.
-
-    Tiny model (``profile.model.path`` None): build it into `run_dir/models/tiny_init`, optionally
-    warm its vision up for ``sft.warmup_steps`` on short look-and-answer examples
-    (:func:`load_warmup_examples`), train every weight for ``sft.full_steps`` (saved as
-    `models/sft_{mode}_full`), then LoRA per the paper for ``sft.lora_steps`` (adapter
-    `models/sft_{mode}_lora`). A real checkpoint skips the first stage. Data come from
-    `run_dir/data` (notebook 01). Each stage resumes from its checkpoints.
-    """
-    run_dir, t0 = Path(run_dir), time.perf_counter()
-    models, cfg, hp = run_dir / "models", profile.sft, profile.hp
-    procs = processes(profile.device)   # one process, or `accelerate launch`
-    if procs.num_processes > 1 and cfg.engine != "trl":
-        raise ValueError(f"SFT over {procs.num_processes} processes needs sft.engine='trl' (the explicit loop "
-                         f"runs in one process); got {cfg.engine!r}")
-    base = profile.model.path
-    if base is None:
-        base = models / "tiny_init"
-        if procs.is_main_process and not (base / "config.json").exists():
-            build_tiny_checkpoint(base, profile.model.min_pixels, profile.model.max_pixels, profile.seed,
-                                  **profile.model.tiny)
-        procs.wait_for_everyone()
-    model, processor = load_model_and_processor(base, device=profile.device, **profile.model.pixel_bounds,
-                                                gradient_checkpointing=profile.model.gradient_checkpointing)
-    data_dir = run_dir / "data"
-    if cfg.engine not in ENGINES:
-        raise ValueError(f"unknown SFT engine {cfg.engine!r}; use one of {ENGINES}")
-    records = dialogue_records(data_dir, "train", mode)
-    if cfg.engine == "trl":
-        examples = DialogueDataset(records, data_dir)
-    else:
-        examples = encode_records(records, data_dir, processor, progress, f"encode train ({mode})")
-    full_steps = cfg.full_steps
-    if mode == "single" and cfg.single_turn_steps is not None:
-        full_steps = cfg.single_turn_steps
-
-    def stage(name: str, net, data, steps: int, lr: float, seed: int) -> list[dict]:
-        out_dir = run_dir / "checkpoints" / f"sft_{mode}_{name}"
-        if cfg.engine == "explicit":
-            return train(net, processor, data, steps, cfg.batch_size, lr, out_dir, cfg.checkpoint_every, resume,
-                         seed, warmup=cfg.lr_warmup_steps, progress=progress, callbacks=callbacks,
-                         device=profile.device)
-        opt = trainable_adamw(net, lr)
-        return train_with_trl(net, processor, data, steps, cfg.batch_size, opt,
-                              cosine_schedule(opt, steps, cfg.lr_warmup_steps), out_dir, cfg.checkpoint_every,
-                              resume, seed, profile.device, progress, callbacks)
-
-    hist_full, hist_warmup = [], []
-    if full_steps > 0 and cfg.warmup_steps > 0:
-        warm = warmup_records(data_dir, "train", mode)
-        warmup = (DialogueDataset(warm, data_dir) if cfg.engine == "trl"
-                  else encode_records(warm, data_dir, processor, progress, f"encode warm-up ({mode})"))
-        torch.manual_seed(profile.seed)
-        hist_warmup = stage("warmup", model, warmup, cfg.warmup_steps, cfg.lr_full, profile.seed + 2)
-    if full_steps > 0:
-        torch.manual_seed(profile.seed)
-        hist_full = stage("full", model, examples, full_steps, cfg.lr_full, profile.seed)
-        base = models / f"sft_{mode}_full"
-        if procs.is_main_process:
-            model.save_pretrained(base, safe_serialization=True)
-            processor.save_pretrained(base)
-        procs.wait_for_everyone()
-    torch.manual_seed(profile.seed)
-    peft_model = get_peft_model(model, lora_config(hp.lora_rank, hp.lora_alpha, hp.lora_dropout))
-    hist_lora = stage("lora", peft_model, examples, cfg.lora_steps, cfg.lr_lora, profile.seed + 1)
-    adapter = models / f"sft_{mode}_lora"
-    if procs.is_main_process:
-        peft_model.save_pretrained(adapter, safe_serialization=True)
-    procs.wait_for_everyone()
-    return dict(base=str(base), adapter=str(adapter), history_warmup=hist_warmup, history_full=hist_full,
-                history_lora=hist_lora, seconds=time.perf_counter() - t0, n_examples=len(examples))
