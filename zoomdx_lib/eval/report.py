@@ -2,16 +2,15 @@
 
     python -m zoomdx_lib.eval.report RUN_DIR [RUN_DIR ...] --out docs/results.md
 
-For each run folder (``python -m zoomdx_lib.workbook.runner --out RUN_DIR``) the page states the git
-commit, profile and seed that produced it (``manifest.json``), the command that made it (rebuilt from the
-parameters papermill recorded in ``executed/*.ipynb``), Table 1, Table 2 and the ablation (from the
-numbers notebook 04 wrote to ``metrics/04_calibration_analysis.json``), the paper's claims with their
-verdicts, the base's grounding check (notebook 00), the readability check (notebook 01), the end of
-training (notebooks 02 and 03), the time per notebook and phase (``manifest.json``, ``phases.json``) and
-the figures. With several run folders a last table puts the claims of every run side by side.
+Long because the page has one short renderer per notebook's metrics (each under 30 lines), beside the
+formatting they share; splitting them would scatter one page over several modules.
 
-Units: Acc, mIoU, SAcc and Align in percent; ECE as a fraction (0-1); the Entropy Gap in bits; claim
-differences in percentage points for percent metrics; times in seconds of wall clock.
+Per run folder (``python -m zoomdx_lib.workbook.runner --out RUN_DIR``): the commit, profile and seed
+(``manifest.json``), the command (from the parameters papermill recorded in ``executed/``), Table 1, Table 2
+and the ablation (notebook 04's ``numbers``), the paper's claims with verdicts, notebooks 00-03's checks,
+time per notebook and phase (``phases.json``) and the figures; with several runs, their claims side by side.
+Units: Acc, mIoU, SAcc, Align in percent (claim differences in percentage points); ECE a fraction (0-1);
+the Entropy Gap in bits; times in seconds of wall clock.
 """
 from __future__ import annotations
 
@@ -20,6 +19,7 @@ import json
 import math
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -31,11 +31,6 @@ TABLE1 = (("acc", "Acc"), ("miou_c1", "mIoU"))
 TABLE2 = (("sacc", "SAcc"), ("align", "Align"), ("ece10", "ECE"), ("gap", "Gap"))
 ABLATION_METHODS = ("zoom_sft", "grpo_accuracy_only", "grpo_uncertainty_group", "grpo_uncertainty_credit")
 HIDDEN_PARAMS = ("profile", "run_dir", "seed", "overrides")
-
-
-def _json(path: Path, default=None):
-    """The JSON document at `path`, or `default` when the file does not exist."""
-    return json.loads(path.read_text()) if path.exists() else default
 
 
 def notebook_parameters(run_dir) -> dict:
@@ -53,15 +48,14 @@ def load_run(run_dir) -> dict:
     (seconds per notebook and phase), ``metrics`` ({notebook: its metrics JSON}), ``params`` and
     ``figures`` (file names under ``figures/``) and ``paper_vs_ours`` (notebook 04's table of the paper's
     published numbers beside this run's, Markdown, or None). FileNotFoundError when there is no ``manifest.json``."""
-    run_dir = Path(run_dir)
-    manifest = _json(run_dir / "manifest.json")
-    if manifest is None:
+    run_dir, paper, phases = Path(run_dir), Path(run_dir) / "tables" / "paper_vs_ours.md", Path(run_dir) / "phases.json"
+    if not (run_dir / "manifest.json").exists():
         raise FileNotFoundError(f"{run_dir}: no manifest.json; is this a run folder? "
                                 f"(python -m zoomdx_lib.workbook.runner --out {run_dir})")
     metrics = {p.stem: json.loads(p.read_text()) for p in sorted((run_dir / "metrics").glob("*.json"))}
     figures = sorted(p.name for p in (run_dir / "figures").glob("*.png"))
-    paper = run_dir / "tables" / "paper_vs_ours.md"
-    return dict(dir=str(run_dir), manifest=manifest, phases=_json(run_dir / "phases.json", {}),
+    return dict(dir=str(run_dir), manifest=json.loads((run_dir / "manifest.json").read_text()),
+                phases=json.loads(phases.read_text()) if phases.exists() else {},
                 metrics=metrics, params=notebook_parameters(run_dir), figures=figures,
                 paper_vs_ours=paper.read_text().strip() if paper.exists() else None)
 
@@ -89,6 +83,10 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def _num(x) -> str:
+    return f"{x:.3f}" if _finite(x) else "–"
+
+
 def fmt_diff(delta: float, low: float, high: float, metric: str) -> str:
     """A paired difference as '+3.6 [-7.7, +16.0]': percentage points for percent metrics (`delta`,
     `low`, `high` given as 0-1 fractions), two decimals otherwise (ECE fraction, Gap bits); '–' if not finite.
@@ -103,10 +101,9 @@ def fmt_diff(delta: float, low: float, high: float, metric: str) -> str:
     return f"{scale * delta:+.{places}f}{ci}"
 
 
-def _ci(triple: Sequence[float], scale: float = 1, places: int = 2) -> str:
-    """'0.35 [0.21, 0.48]' from (point, low, high), each times `scale`."""
-    point, low, high = (scale * x for x in triple)
-    return f"{point:.{places}f} [{low:.{places}f}, {high:.{places}f}]"
+def _ci(point: float, low: float, high: float) -> str:
+    """'0.35 [0.21, 0.48]': a 0-1 fraction with its interval, two decimals."""
+    return f"{point:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence]) -> list[str]:
@@ -135,38 +132,29 @@ def metric_table(m04: dict, keys: Sequence[tuple[str, str]], methods: Optional[S
 
 def tables_section(m04: dict) -> list[str]:
     """Table 1, Table 2 and the ablation (on test_liver, else the first split) as Markdown."""
-    datasets = m04.get("datasets", [])
-    ablation = [m for m in ABLATION_METHODS if m in m04.get("methods", [])]
-    abl_data = ["test_liver" if "test_liver" in datasets else datasets[0]] if datasets else []
+    datasets, ablation = m04.get("datasets", []), [m for m in ABLATION_METHODS if m in m04.get("methods", [])]
+    if not datasets:
+        return []
     out = [f"**{CAPTIONS['table1']}**", ""] + metric_table(m04, TABLE1)
     out += ["", f"**{CAPTIONS['table2']}**", ""] + metric_table(m04, TABLE2)
-    if ablation:
-        out += ["", f"**{CAPTIONS['ablation']}, {_split(abl_data[0])}**", ""]
-        out += metric_table(m04, TABLE1 + TABLE2, ablation, abl_data)
-    return out
+    where = "test_liver" if "test_liver" in datasets else datasets[0]
+    return out + (["", f"**{CAPTIONS['ablation']}, {_split(where)}**", ""]
+                  + metric_table(m04, TABLE1 + TABLE2, ablation, [where]) if ablation else [])
 
 
 def validity_section(m02: dict, m03: dict) -> list[str]:
     """Valid tool calls and parseable answers of every greedy evaluation of notebooks 02 and 03 (their
-    ``greedy`` rows: method, dataset, n, tool_call_valid and answer_valid as 0-1), in percent of cases."""
+    ``greedy`` rows: method, dataset, n, tool_call_valid and answer_valid as 0-1), in percent of cases; a
+    single-turn method (kind ``single`` in notebook 02's model registry) makes no tool call by design."""
     seen, rows = set(), []
-    for r in (m02 or {}).get("greedy", []) + (m03 or {}).get("greedy", []):
+    single = {name for name, m in m02.get("models", {}).items() if m.get("kind") == "single"}
+    for r in m02.get("greedy", []) + m03.get("greedy", []):
         if (r["method"], r["dataset"]) not in seen:
             seen.add((r["method"], r["dataset"]))
-            rows.append((r["method"], _split(r["dataset"]), r["n"], f"{100 * r['tool_call_valid']:.1f}",
-                         f"{100 * r['answer_valid']:.1f}"))
-    if not rows:
-        return []
-    return (["Malformed outputs score zero and are counted here (greedy decoding, % of cases):", ""]
+            calls = "no tool call (single turn)" if r["method"] in single else f"{100 * r['tool_call_valid']:.1f}"
+            rows.append((r["method"], _split(r["dataset"]), r["n"], calls, f"{100 * r['answer_valid']:.1f}"))
+    return [] if not rows else (["Malformed outputs score zero and are counted here (greedy decoding, % of cases):", ""]
             + md_table(["method", "split", "n", "valid tool calls %", "parseable answers %"], rows))
-
-
-def verdict_counts(claims: Sequence[dict]) -> dict:
-    """{verdict: how many claim rows have it}, in the order verdicts first appear."""
-    counts: dict = {}
-    for c in claims:
-        counts[c["verdict"]] = counts.get(c["verdict"], 0) + 1
-    return counts
 
 
 def claims_section(m04: dict) -> list[str]:
@@ -174,8 +162,8 @@ def claims_section(m04: dict) -> list[str]:
     verdict), one line each, and how many rows got each verdict."""
     claims = m04.get("claims", [])
     if not claims:
-        return ["No claims were judged in this run."]
-    counts = ", ".join(f"{n} {v}" for v, n in verdict_counts(claims).items())
+        return []
+    counts = ", ".join(f"{n} {v}" for v, n in Counter(c["verdict"] for c in claims).items())  # first-seen order
     out = [f"{len(claims)} paired comparisons (better − worse on the same cases; percentage points for Acc and "
            f"Align, fractions for ECE, bits for the Gap; 95 % bootstrap interval): {counts}.", ""]
     rows = [(c["claim"], _split(c["dataset"]), c["n"], fmt_diff(c["delta"], c["low"], c["high"], c["metric"]),
@@ -186,13 +174,15 @@ def claims_section(m04: dict) -> list[str]:
 def grounding_section(m00: dict) -> list[str]:
     """The base's grounding check of notebook 00 (per organ: greedy box mIoU and oracle-crop accuracy,
     0-1, with 95 % intervals, beside the constant answers)."""
-    rows = [(organ, g["n"], _ci([g["miou"], *g["miou_ci"]]), f"{g['mean_box_miou']:.2f}",
-             _ci([g["acc"], *g["acc_ci"]]), f"{g['majority_acc']:.2f}", f"{g['tool_call_valid']:.2f}")
+    rows = [(organ, g["n"], _ci(g["miou"], *g["miou_ci"]), f"{g['mean_box_miou']:.2f}",
+             _ci(g["acc"], *g["acc_ci"]), f"{g['majority_acc']:.2f}", f"{g['tool_call_valid']:.2f}")
             for organ, g in m00.get("grounding", {}).items()]
-    head = [f"Base `{m00.get('base')}` on fresh cases (box from its own turn 1, answer from the crop of the "
-            "true box; fractions 0-1):", ""]
-    return head + md_table(["organ", "n", "mIoU [95 % CI]", "mean box", "accuracy [95 % CI]", "majority",
-                            "valid calls"], rows)
+    if not rows:
+        return []
+    return ([f"Base `{m00.get('base')}` on fresh cases (box from its own turn 1, answer from the crop of the true "
+             "box; fractions 0-1):", ""]
+            + md_table(["organ", "n", "mIoU [95 % CI]", "mean box", "accuracy [95 % CI]", "majority", "valid calls"],
+                       rows))
 
 
 def readability_section(m01: dict) -> list[str]:
@@ -203,29 +193,22 @@ def readability_section(m01: dict) -> list[str]:
         native = f"{r['size']} px" + (", native detail" if r.get("detail_scale") else "")
         rows.append((r["organ"], r["attribute"], native, f"{r['crop'][0]:.2f}", f"{r['full'][0]:.2f}",
                      fmt_diff(*r["crop_minus_full"], "fraction"), f"{r['majority']:.2f}"))
-    if not rows:
-        return ["Notebook 01 wrote no readability check."]
     return md_table(["organ", "attribute", "original", "from the crop", "from the full view",
-                     "crop − full [95 % CI]", "majority"], rows)
+                     "crop − full [95 % CI]", "majority"], rows) if rows else []
 
 
 def training_section(m02: dict, m03: dict) -> list[str]:
     """The end of training: zoom SFT's last loss (notebook 02) and each GRPO variant's log values
     averaged over its last steps (notebook 03's ``end_values``, in the log's own units)."""
-    out = []
-    if m02:
-        out.append(f"Zoom SFT's final training loss: {m02.get('final_loss_zoom', float('nan')):.3f} (cross-entropy, nats per token).")
-    ends = m03.get("end_values", {}) if m03 else {}
+    out = [f"Zoom SFT's final training loss: {_num(m02.get('final_loss_zoom'))} (cross-entropy, nats per token)."
+           ] if m02 else []
+    ends = m03.get("end_values", {})
     if ends:
         keys = sorted({k for v in ends.values() for k in v})
         out += ["", f"GRPO (engine `{m03.get('engine')}`, estimator `{m03.get('estimator')}`), mean over the last "
                 "logged steps:", ""]
         out += md_table(["variant"] + keys, [[name] + [_num(v.get(k)) for k in keys] for name, v in ends.items()])
-    return out or ["Notebooks 02 and 03 wrote no training metrics."]
-
-
-def _num(x) -> str:
-    return f"{x:.3f}" if _finite(x) else "–"
+    return out
 
 
 def timing_section(run: dict) -> list[str]:
@@ -247,22 +230,23 @@ def provenance(run: dict) -> list[str]:
     return [f"- profile **{m.get('profile')}**, seed {m.get('seed')}",
             f"- git commit `{m.get('git_commit') or 'unknown'}`",
             f"- started {m.get('started', '?')}, finished {m.get('finished', 'not finished')} (UTC)",
-            f"- packages: {versions}", "", "```bash", runner_command(run), "```"]
+            f"- packages: {versions}", "", "```bash", runner_command(run), "```"] + ([
+        "", "> Profile **smoke** (10 LoRA steps, 12 cases per test split) checks the plumbing, not the numbers: "
+        "read nothing about the method from this section."] if m.get("profile") == "smoke" else [])
 
 
 def run_section(run: dict) -> list[str]:
     """The whole section of one run folder, as Markdown lines."""
-    m = run["metrics"]
-    sections = [("Tables", tables_section(m[NB["eval"]]) if NB["eval"] in m else ["Notebook 04 has not run."]),
-                ("The paper's claims", claims_section(m.get(NB["eval"], {}))),
+    m = {key: run["metrics"].get(nb, {}) for key, nb in NB.items()}
+    figures = ", ".join(f"`{f}`" for f in run["figures"]) or "none"
+    sections = [("Tables", tables_section(m["eval"])), ("The paper's claims", claims_section(m["eval"])),
                 ("The paper's numbers beside ours (measured on other data and models)",
                  [run["paper_vs_ours"]] if run["paper_vs_ours"] else []),
-                ("The base sees (notebook 00)", grounding_section(m[NB["base"]]) if NB["base"] in m else []),
-                ("Does the crop add evidence? (notebook 01)", readability_section(m.get(NB["data"], {}))),
-                ("Training (notebooks 02, 03)", training_section(m.get(NB["sft"], {}), m.get(NB["grpo"], {}))),
-                ("Valid outputs (notebooks 02, 03)", validity_section(m.get(NB["sft"]), m.get(NB["grpo"]))),
-                ("Time", timing_section(run)),
-                ("Figures", [f"In `{run['dir']}/figures/`: " + (", ".join(f"`{f}`" for f in run["figures"]) or "none") + "."])]
+                ("The base sees (notebook 00)", grounding_section(m["base"])),
+                ("Does the crop add evidence? (notebook 01)", readability_section(m["data"])),
+                ("Training (notebooks 02, 03)", training_section(m["sft"], m["grpo"])),
+                ("Valid outputs (notebooks 02, 03)", validity_section(m["sft"], m["grpo"])),
+                ("Time", timing_section(run)), ("Figures", [f"In `{run['dir']}/figures/`: {figures}."])]
     out = [f"## Run `{run['dir']}`", ""] + provenance(run)
     for title, body in sections:
         if body:
@@ -278,8 +262,8 @@ def claims_across_runs(runs: Sequence[dict]) -> list[str]:
                                   if (c := claims.get((claim, d))) else "–" for claims in keyed]
             for claim, d in order]
     dirs = " ".join(r["dir"] for r in runs)
-    return (["## The claims across runs", "", "Each run's own paired difference (better − worse) and verdict. For one "
-             f"interval over the runs: `python -m zoomdx_lib.eval.claims {dirs}`.", ""]
+    return (["## The claims across runs", "", "Each run's own paired difference (better − worse) and verdict. "
+             f"For one interval over the runs: `python -m zoomdx_lib.eval.claims {dirs}`.", ""]
             + md_table(["claim", "split"] + [f"`{r['dir']}`" for r in runs], rows))
 
 
@@ -311,6 +295,7 @@ def write_report(run_dirs: Sequence, out) -> Path:
 
 
 def main(argv=None) -> int:
+    """The command line: writes the page and returns 0, or 1 naming a folder that is not a run folder."""
     ap = argparse.ArgumentParser(prog="python -m zoomdx_lib.eval.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="run folders (python -m zoomdx_lib.workbook.runner --out DIR)")
     ap.add_argument("--out", default="docs/results.md", help="the page to write (default docs/results.md)")
