@@ -231,8 +231,8 @@ def provenance(run: dict) -> list[str]:
             f"- git commit `{m.get('git_commit') or 'unknown'}`",
             f"- started {m.get('started', '?')}, finished {m.get('finished', 'not finished')} (UTC)",
             f"- packages: {versions}", "", "```bash", runner_command(run), "```"] + ([
-        "", "> Profile **smoke** (10 LoRA steps, 12 cases per test split) checks the plumbing, not the numbers: "
-        "read nothing about the method from this section."] if m.get("profile") == "smoke" else [])
+        "", "> Profile **smoke** (a few training steps, a dozen cases per test split) checks the plumbing, not "
+        "the numbers: read nothing about the method from this section."] if m.get("profile") == "smoke" else [])
 
 
 def run_section(run: dict) -> list[str]:
