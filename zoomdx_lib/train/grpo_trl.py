@@ -117,11 +117,12 @@ from ..protocol import (
     single_turn_messages,
 )
 from ..rl.advantages import compute_advantages, credit_group_term
-from ..rl.rewards import mode_and_kappa, score_group
+from ..rl.rewards import score_group
 from ..rl.rollout import Trajectory
 from ..rl.zoom import zoom
 from .checkpoints import latest_checkpoint
 from .common import CheckpointAndLog, FixedDraws, dropout_off, loop_draws, trainable_adamw
+from .grpo import _log_row
 from .loop import cut_log, processes, read_log, resume_latest
 
 __all__ = ["ZOOM_RESPONSE_TEMPLATE", "ZoomEnvironment", "ZoomGRPOTrainer", "ZoomRewards", "build_trainer",
@@ -402,23 +403,10 @@ class ZoomRewards:
 
 
 def step_row(batch: ScoredBatch, advantages: np.ndarray, time_generation_s: float) -> dict:
-    """The explicit step's log row (``zoomdx_lib.train.grpo._log_row``, same keys and formulas) of a scored
-    batch; ``loss``, ``grad_norm``, ``kl`` and ``time_update_s`` are filled in once the update is done."""
-    scores, flat = batch.scores, [t for g in batch.trajs for t in g]
-    kappas = {0: [], 1: []}
-    for s, sample in zip(scores, batch.samples):
-        kappas[sample.c].append(mode_and_kappa(s["answers"])[1])
-
-    def mean(key):
-        return float(np.mean([s[key].mean() for s in scores]))
-    return {"reward_total": mean("total"), "reward_loc": mean("loc"), "reward_acc": mean("acc"),
-            "reward_fmt": mean("fmt"), "reward_group": mean("group"),
-            "no_signal_share": float(np.mean([np.allclose(a, 0) for a in advantages])),
-            "kappa_c1": kappas[1], "kappa_c0": kappas[0], "tool_call_valid": float(np.mean([t.tool.ok for t in flat])),
-            "answer_valid": float(np.mean([t.label is not None for t in flat])), "mean_iou": mean("loc"),
-            "kl": 0.0, "loss": 0.0, "grad_norm": 0.0,
-            "generated_tokens": int(sum(len(t.turn1_ids) + len(t.turn2_ids) for t in flat)),
-            "time_generation_s": time_generation_s, "time_update_s": 0.0}
+    """The explicit step's log row (:func:`zoomdx_lib.train.grpo._log_row` itself) of a scored batch;
+    ``loss``, ``grad_norm``, ``kl`` and ``time_update_s`` are filled in once the update is done."""
+    items = [(sample, None) for sample in batch.samples]
+    return _log_row(batch.trajs, items, batch.scores, advantages, 0.0, [], 0.0, time_generation_s, 0.0)
 
 
 # ------------------------------------------------------------------------------------ the trainer
