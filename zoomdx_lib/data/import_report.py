@@ -46,7 +46,7 @@ _KINDS = (
 def problem_kind(problem: str) -> str:
     """The short kind of a problem message ("missing image", "unknown label" ...), for counting.
 
-    >>> problem_kind("/data/img/a.png: image file is missing")
+    >>> problem_kind("img/a.png: image file is missing")
     'missing image'
     >>> problem_kind("sample 'x': box (1, 2, 900, 30) lies outside the 80x60 image")
     'box outside the image'
