@@ -17,6 +17,10 @@ from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
 Box = tuple[float, float, float, float]
 
+# The smallest side of a zoom box, in model-input pixels: one merged visual token (patch 14 x merge 2).
+# A tool call's box is enlarged to it before the crop (protocol.parse_tool_call, rl.zoom, the rollouts).
+MIN_SIDE = 28.0
+
 
 def model_input_size(width: int, height: int, min_pixels: int, max_pixels: int, factor: int = 28) -> tuple[int, int]:
     """Return (width, height) in pixels of the image the Qwen2.5-VL processor feeds the model.

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from .geometry import Box, box_to_original, clamp_box, clean_box, round_box
+from .geometry import MIN_SIDE, Box, box_to_original, clamp_box, clean_box, round_box
 from .schema import ATTRIBUTE_LABELS, check_attribute, normalise_label
 
 # ------------------------------------------------------------------------------------ tags and texts
@@ -151,7 +151,7 @@ def _call_numbers(text: str):
 
 
 def parse_tool_call(text: str, model_size: tuple[int, int], original_size: tuple[int, int],
-                    min_side: float = 28.0, pad_frac: float = 0.0) -> ToolCall:
+                    min_side: float = MIN_SIDE, pad_frac: float = 0.0) -> ToolCall:
     """Parse the first ``<tool_call>{"bbox_2d": [x1, y1, x2, y2]}</tool_call>`` in `text`.
 
     Args:
@@ -160,7 +160,8 @@ def parse_tool_call(text: str, model_size: tuple[int, int], original_size: tuple
             numbers are absolute pixels of this image.
         original_size: (width, height) in pixels of the original image.
         min_side: minimum side of the returned box, in model-input pixels (capped at the image
-            side); a smaller box is enlarged about its centre and shifted to stay inside.
+            side; default :data:`~zoomdx_lib.geometry.MIN_SIDE`, one visual token); a smaller box
+            is enlarged about its centre and shifted to stay inside.
         pad_frac: context padding added on each side, as a fraction of the (clamped) box width
             / height; 0 = none.
 
