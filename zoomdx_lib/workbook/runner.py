@@ -113,6 +113,64 @@ class NotebookFailed(RuntimeError):
     pass
 
 
+def _open_manifest(run_dir: Path, profile: str, seed: int) -> dict:
+    """The run's manifest (the previous one, if any, so finished notebooks are known) stamped with
+    this run's profile, seed, versions, commit and start time."""
+    path = run_dir / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest.update(profile=profile, seed=seed, versions=versions(), git_commit=git_commit(),
+                    run_dir=str(run_dir), started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    manifest.setdefault("notebooks", {})
+    return manifest
+
+
+def _execute(nb: Path, source, run_dir: Path, manifest: dict, fp: str, params: dict, kernel_name: str,
+             timeout: Optional[int]) -> float:
+    """Run one notebook with papermill into run_dir/executed/ and record it in the manifest (written
+    before and after); returns its seconds. Raises NotebookFailed naming the notebook and cell."""
+    manifest_path = run_dir / "manifest.json"
+    manifest["notebooks"][nb.stem] = dict(status="running", fingerprint=fp)
+    atomic_write_json(manifest_path, manifest)
+    t0 = time.perf_counter()
+    executed = run_dir / "executed" / f"{nb.stem}.ipynb"
+    try:
+        pm.execute_notebook(source, str(executed), parameters=params,
+                            kernel_name=kernel_name, cwd=str(nb.parent), progress_bar=False,
+                            log_output=False, execution_timeout=timeout)
+    except (pm.PapermillExecutionError, TimeoutError) as err:
+        if isinstance(err, TimeoutError):
+            err.exec_count, err.ename, err.evalue = "?", "TimeoutError", str(err)[:300]
+        manifest["notebooks"][nb.stem] = dict(status="failed", fingerprint=fp, cell=err.exec_count,
+                                              error=f"{err.ename}: {err.evalue}",
+                                              seconds=round(time.perf_counter() - t0, 2))
+        atomic_write_json(manifest_path, manifest)
+        raise NotebookFailed(f"{nb.name} failed in cell [{err.exec_count}]: {err.ename}: {err.evalue} "
+                             f"(executed copy: {executed})") from None
+    seconds = round(time.perf_counter() - t0, 2)
+    manifest["notebooks"][nb.stem] = dict(status="done", fingerprint=fp, seconds=seconds,
+                                          metrics=str(run_dir / "metrics" / f"{nb.stem}.json"))
+    atomic_write_json(manifest_path, manifest)
+    return seconds
+
+
+def _finish(run_dir: Path, manifest: dict, publish_figures: Optional[str], log) -> None:
+    """Close the manifest (phases, finish time, total seconds), gather the metrics and copy the
+    figures to `publish_figures` if given."""
+    phases = run_dir / "phases.json"
+    if phases.exists():
+        manifest["phases"] = json.loads(phases.read_text())
+    manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest["total_seconds"] = round(sum(e.get("seconds", 0) for e in manifest["notebooks"].values()), 2)
+    atomic_write_json(run_dir / "manifest.json", manifest)
+    collect_metrics(run_dir)
+    if publish_figures and (run_dir / "figures").exists():
+        dest = Path(publish_figures)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in (run_dir / "figures").glob("*.png"):
+            shutil.copy2(f, dest / f.name)
+        log(f"figures copied to {dest}")
+
+
 def run_chain(profile: str, run_dir, notebooks_dir=DEFAULT_NOTEBOOKS, force: bool = False,
               only: Optional[list[str]] = None, seed: int = 0, extra_params: Optional[dict] = None,
               publish_figures: Optional[str] = None, kernel_name: str = "python3", log=print,
@@ -124,11 +182,7 @@ def run_chain(profile: str, run_dir, notebooks_dir=DEFAULT_NOTEBOOKS, force: boo
     """
     run_dir = Path(run_dir).resolve()
     (run_dir / "executed").mkdir(parents=True, exist_ok=True)
-    manifest_path = run_dir / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    manifest.update(profile=profile, seed=seed, versions=versions(), git_commit=git_commit(),
-                    run_dir=str(run_dir), started=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    manifest.setdefault("notebooks", {})
+    manifest = _open_manifest(run_dir, profile, seed)
     notebooks = discover_notebooks(notebooks_dir)
     if only:
         notebooks = [nb for nb in notebooks if nb.name[:2] in only or nb.stem in only]
@@ -142,41 +196,9 @@ def run_chain(profile: str, run_dir, notebooks_dir=DEFAULT_NOTEBOOKS, force: boo
             log(f"[{k}/{len(notebooks)}] {nb.stem}: done before with the same parameters, skipped")
             continue
         log(f"[{k}/{len(notebooks)}] {nb.stem}: running (profile={profile}) ...")
-        manifest["notebooks"][nb.stem] = dict(status="running", fingerprint=fp)
-        atomic_write_json(manifest_path, manifest)
-        t0 = time.perf_counter()
-        executed = run_dir / "executed" / f"{nb.stem}.ipynb"
-        try:
-            pm.execute_notebook(sources[nb], str(executed), parameters=params,
-                                kernel_name=kernel_name, cwd=str(nb.parent), progress_bar=False,
-                                log_output=False, execution_timeout=timeout)
-        except (pm.PapermillExecutionError, TimeoutError) as err:
-            if isinstance(err, TimeoutError):
-                err.exec_count, err.ename, err.evalue = "?", "TimeoutError", str(err)[:300]
-            manifest["notebooks"][nb.stem] = dict(status="failed", fingerprint=fp, cell=err.exec_count,
-                                                  error=f"{err.ename}: {err.evalue}",
-                                                  seconds=round(time.perf_counter() - t0, 2))
-            atomic_write_json(manifest_path, manifest)
-            raise NotebookFailed(f"{nb.name} failed in cell [{err.exec_count}]: {err.ename}: {err.evalue} "
-                                 f"(executed copy: {executed})") from None
-        seconds = round(time.perf_counter() - t0, 2)
-        manifest["notebooks"][nb.stem] = dict(status="done", fingerprint=fp, seconds=seconds,
-                                              metrics=str(run_dir / "metrics" / f"{nb.stem}.json"))
-        atomic_write_json(manifest_path, manifest)
+        seconds = _execute(nb, sources[nb], run_dir, manifest, fp, params, kernel_name, timeout)
         log(f"[{k}/{len(notebooks)}] {nb.stem}: done in {seconds:.1f} s")
-    phases = run_dir / "phases.json"
-    if phases.exists():
-        manifest["phases"] = json.loads(phases.read_text())
-    manifest["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest["total_seconds"] = round(sum(e.get("seconds", 0) for e in manifest["notebooks"].values()), 2)
-    atomic_write_json(manifest_path, manifest)
-    collect_metrics(run_dir)
-    if publish_figures and (run_dir / "figures").exists():
-        dest = Path(publish_figures)
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in (run_dir / "figures").glob("*.png"):
-            shutil.copy2(f, dest / f.name)
-        log(f"figures copied to {dest}")
+    _finish(run_dir, manifest, publish_figures, log)
     return manifest
 
 
