@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_grpo_trl import ROLLOUT, TURN1, Script, _load, _sample  # noqa: E402
 
 from zoomdx_lib.config import PAPER, GRPOConfig  # noqa: E402
-from zoomdx_lib.train import grpo_trl  # noqa: E402
+from zoomdx_lib.train import grpo_trl, grpo_trl_render  # noqa: E402
 from zoomdx_lib.train.common import rank_param_diff  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def main(model_dir, out_dir, steps):
     cfg = GRPOConfig(steps=int(steps), prompts_per_step=2, micro_batch=4, engine="trl", estimator="credit")
     script = Script(processor, TURN1)
     diffs = []
-    with grpo_trl.tool_rendering(processor):
+    with grpo_trl_render.tool_rendering(processor):
         trainer = grpo_trl.build_trainer(model, processor, items, cfg, out_dir, "uncertainty", ROLLOUT, PAPER,
                                          optimizer=opt)
         trainer._generate_single_turn = functools.partial(script.trl, trainer)

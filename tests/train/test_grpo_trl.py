@@ -30,7 +30,7 @@ from zoomdx_lib.rl.rewards import score_group
 from zoomdx_lib.rl.rollout import rollout
 from zoomdx_lib.rl.zoom import zoom
 from zoomdx_lib.schema import Sample
-from zoomdx_lib.train import grpo_trl
+from zoomdx_lib.train import grpo_trl, grpo_trl_env, grpo_trl_render, grpo_trl_rewards
 from zoomdx_lib.train.grpo import (
     LOG_KEYS,
     _log_row,
@@ -112,7 +112,7 @@ def _run_trl(model, processor, items, turn1, estimator="credit", variant="uncert
     """TRL's generate-and-score pass on the items' G rows each (what one training step starts with)."""
     script = Script(processor, turn1)
     cfg = GRPOConfig(steps=1, prompts_per_step=len(items), estimator=estimator)
-    with grpo_trl.tool_rendering(processor):
+    with grpo_trl_render.tool_rendering(processor):
         trainer = grpo_trl.build_trainer(model, processor, items, cfg, tmp_path, variant, ROLLOUT, PAPER)
         trainer._generate_single_turn = functools.partial(script.trl, trainer)
         rows = [trainer.train_dataset[i] for i in range(len(items)) for _ in range(PAPER.group_size)]
@@ -242,7 +242,7 @@ def test_one_trl_update_is_the_explicit_update(estimator, tiny_path, speckle_ima
             norms.append(grpo_step(model, processor, items, cfg, opt, "uncertainty", ROLLOUT, PAPER,
                                    policy=script)["grad_norm"])
         else:
-            with grpo_trl.tool_rendering(processor):
+            with grpo_trl_render.tool_rendering(processor):
                 trainer = grpo_trl.build_trainer(model, processor, items, cfg, tmp_path, "uncertainty", ROLLOUT,
                                                  PAPER, optimizer=opt)
                 trainer._generate_single_turn = functools.partial(script.trl, trainer)
@@ -319,13 +319,13 @@ def test_run_grpo_with_the_trl_engine_samples_and_writes_the_run_outputs(tiny_pa
     hp = dataclasses.replace(PAPER, group_size=2)
     profile = get_profile("smoke", hp=hp, grpo__engine="trl", grpo__steps=1, rollout__max_new_tokens=(6, 6))
     seen = []
-    original = grpo_trl.ZoomRewards.score
+    original = grpo_trl_rewards.ZoomRewards.score
 
     def spy(self, completion_ids, environments):
         seen.extend(zip(completion_ids, [e.policy_mask for e in environments]))
         return original(self, completion_ids, environments)
 
-    monkeypatch.setattr(grpo_trl.ZoomRewards, "score", spy)
+    monkeypatch.setattr(grpo_trl_rewards.ZoomRewards, "score", spy)
     r = run_grpo(profile, tmp_path / "run", "uncertainty", "credit", str(tiny_path), str(tmp_path / "sft_adapter"),
                  progress=False)
     assert r["name"] == "grpo_uncertainty_credit" and (tmp_path / "run/models/grpo_uncertainty_credit"
@@ -345,13 +345,13 @@ def test_tool_templates_render_plain_conversations_as_before(tiny_path, paper_sh
         _, processor = load_model_and_processor(path)
         assert processor.chat_template == template
         plain = chat.dialogue_text(processor, "Analyze the echo feature.", _turn1(0, _call(40, 70)), GOOD)
-        with grpo_trl.tool_rendering(processor):
+        with grpo_trl_render.tool_rendering(processor):
             assert chat.render(processor, msgs) == plain
             assert chat.render(processor, msgs[:1], add_generation_prompt=True) == chat.render_prompt(
                 processor, "Analyze the echo feature.")
         assert processor.chat_template == template
     with pytest.raises(ValueError, match="chat template"):
-        grpo_trl.tool_chat_template("{{ messages }}")
+        grpo_trl_render.tool_chat_template("{{ messages }}")
 
 
 def test_paper_profile_trains_through_trl_and_a_bad_engine_is_named():
@@ -366,10 +366,10 @@ def test_paper_profile_trains_through_trl_and_a_bad_engine_is_named():
 def test_split_groups_are_refused(tiny_path, speckle_image):
     """The group term needs a prompt's G completions in one reward call."""
     _, processor = load_model_and_processor(tiny_path)
-    rewards = grpo_trl.ZoomRewards(processor.tokenizer, hp=PAPER)
+    rewards = grpo_trl_rewards.ZoomRewards(processor.tokenizer, hp=PAPER)
     envs = []
     for k in range(8):
-        env = grpo_trl.ZoomEnvironment(processor_pixel_bounds(processor), 112 * 112)
+        env = grpo_trl_env.ZoomEnvironment(processor_pixel_bounds(processor), 112 * 112)
         env.reset(image=speckle_image, sample=_sample("a" if k < 4 else "b", 1))
         env.policy_mask = [1]
         envs.append(env)

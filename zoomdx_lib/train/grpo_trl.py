@@ -1,415 +1,50 @@
 """GRPO on Zoom-then-Diagnose rollouts through TRL's `GRPOTrainer` (``GRPOConfig.engine="trl"``).
 
-Long because it is the whole TRL engine in one place: the tool-aware rendering, the crop tool as a TRL
-environment, the reward functions, the advantage override, the trainer with its training loop, and the
-record (below) of where TRL's rollout differs from the explicit one.
+The same task as :mod:`zoomdx_lib.train.grpo` (the explicit step), expressed with TRL's pieces: the crop
+tool as a TRL environment (:mod:`zoomdx_lib.train.grpo_trl_env`), tool turns rendered as the paper's crop
+turn (:mod:`zoomdx_lib.train.grpo_trl_render`) and the rewards as TRL reward functions
+(:mod:`zoomdx_lib.train.grpo_trl_rewards`). Here :class:`ZoomGRPOTrainer` replaces TRL's advantages by the
+workbook's (:func:`zoomdx_lib.rl.advantages.compute_advantages`) and its shuffling sampler by the loop's
+prompt draws (P prompts a step, each G times in a row), so both engines train on the same prompts step by
+step; :func:`train_grpo_trl` runs it with the workbook's checkpoints and log. The loss is TRL's
+``loss_type="grpo"`` on the model's own tokens of both turns (the crop turn masked by TRL's tool mask);
+dropout is off as in the explicit step; AdamW (no weight decay), constant learning rate, gradient norm
+clipped at 1.
 
-The same task as :mod:`zoomdx_lib.train.grpo` (the explicit step), expressed with TRL's pieces:
-
-- the crop tool is the ``zoom`` method of :class:`ZoomEnvironment`, one instance per rollout, given to
-  the trainer as ``environment_factory``. TRL calls ``reset(**row)`` with the whole dataset row
-  (``prompt``, ``image``, ``sample``) before generating, and ``zoom(bbox_2d=[...])`` when turn 1 holds
-  a tool call; the crop is cut by :func:`zoomdx_lib.rl.zoom.zoom` from the original image at the
-  model-input size the processor uses, exactly as in the explicit rollout;
-- the rewards are TRL reward functions (:class:`ZoomRewards`) over one shared scoring of the
-  batch with :func:`zoomdx_lib.rl.rewards.score_group`: ``reward_loc`` (IoU), ``reward_acc``
-  (accuracy on c = 1; ``None``, i.e. "not applicable", on c = 0), ``reward_fmt``, ``reward_group``
-  (R_group, or its leave-one-out credit for the "credit" estimator), weighted by lambda_loc,
-  lambda_acc, lambda_fmt, lambda_align, so the weighted sum TRL forms is the reward the estimator
-  normalises;
-- the advantages are the workbook's (:func:`zoomdx_lib.rl.advantages.compute_advantages`):
-  :class:`ZoomGRPOTrainer` replaces the ``advantages`` TRL computed. TRL's own normalisation cannot
-  stand in for them: its ``scale_rewards="batch"`` keeps the per-group mean as the baseline (so
-  R_group still cancels; our "batch" estimator uses the batch mean), and its per-group std has
-  Bessel's correction and eps 1e-4 (ours: population std, eps 1e-6, all-equal groups exactly 0);
-- prompts: the trainer's shuffling ``RepeatSampler`` is replaced by the draws of
-  :func:`zoomdx_lib.train.loop.run_loop` (P prompts a step, with replacement, one seeded generator),
-  each repeated G times in a row, so both engines train on the same prompts step by step;
-- the loss is TRL's ``loss_type="grpo"`` (clipped ratio at the sampling temperature, per-sequence
-  token mean, mean over sequences, k3 KL when beta > 0) on the model's own tokens of both turns,
-  the crop turn masked by TRL's tool mask; dropout is off as in the explicit step; LoRA is the
-  workbook's (:func:`zoomdx_lib.model.load.lora_config`; a trainable adapter is continued as is);
-  AdamW (no weight decay), constant learning rate, gradient norm clipped at 1.
-
-Rendering under TRL, and where it differs from the paper (and from the explicit rollout)
------------------------------------------------------------------------------------------
-TRL builds the turn-2 input as ``prompt ids + turn-1 ids + suffix ids``, where the suffix is
-rendered by the chat template from a ``{"role": "tool"}`` message holding the tool's return value.
-The checkpoint's template does not render tool messages (neither the tiny one nor Qwen2.5-VL's own),
-so :func:`tool_chat_template` extends it: a ``tool`` message is rendered as a **user** turn and
-``zoom`` returns ``[{"type": "image", "image": crop}, {"type": "text", "text": "(Zoomed view)"}]``,
-which makes the suffix byte-identical to the explicit crop turn (``<|im_end|>`` of turn 1, then
-``<|im_start|>user\\n<|vision_start|><|image_pad|>...<|vision_end|>(Zoomed view)<|im_end|>\\n
-<|im_start|>assistant\\n``). Messages without tools render exactly as before; the tool schema that
-TRL passes is not rendered (the question already states the call format, as in SFT). Tool calls
-are parsed with a ``response_template`` (:data:`ZOOM_RESPONSE_TEMPLATE`) that reads the paper's
-nameless ``<tool_call>{"bbox_2d": [...]}</tool_call>`` as a call of ``zoom``: no Qwen function-call
-JSON is needed. What still differs from the explicit rollout:
-
-1. a call that TRL parses but our parser rejects (zero area, outside the image, wrong length...)
-   still gets a reply (a text tool turn, no image) and a second turn; the rewards treat it as the
-   explicit loop does (no answer, r_fmt = 0), but its turn-2 tokens enter the loss with that
-   rollout's advantage, where the explicit rollout ends after turn 1;
-2. a Hermes-style ``{"name": "zoom", "arguments": {...}}`` call, which our parser unwraps, is not a
-   tool call for TRL (no crop, no turn 2), nor is a turn whose first call is valid but a later one
-   malformed (TRL's parser fails as a whole; ours reads the first call only); two valid calls in one
-   turn get two tool turns (only the first crops; the second is answered with a text); a quoted box
-   (``"bbox_2d": "[...]"``) is turned into a list by TRL's argument typing and cropped, while the
-   rewards score it invalid, as ours does. In all of these the rewards are computed from the turn
-   texts with our parser, exactly as in the explicit loop;
-3. one ``max_new_tokens`` for both turns (the larger of ``rollout.max_new_tokens``), not one per
-   turn; a turn 1 cut off by that limit gets no end-of-turn token before the crop turn (the explicit
-   rollout inserts one, masked);
-4. the KL reference (beta > 0 only) is TRL's frozen copy of the starting adapter (the SFT policy),
-   not the base with the adapter disabled;
-5. the log row's ``loss``, ``grad_norm`` and ``kl`` are TRL's; there is no ``ratio_max_dev`` (the
-   ratio is 1 by construction at the first and only iteration); ``generated_tokens`` counts the
-   turn 2 of case 1 above.
-
-vLLM generation (``GRPOConfig.use_vllm``, CUDA only) is passed to TRL as its colocated mode with the
-per-turn token cap; the CPU tests do not exercise it, and it does not suppress image tokens as HF
-``generate`` does here. TRL 1.16 marks ``environment_factory`` experimental; its notice is silenced.
-
-When the group term is right (and the credit estimator holds)
--------------------------------------------------------------
-R_group and its leave-one-out credit need all G answers of a prompt in ONE reward call. TRL calls
-the reward functions once per generation batch and process, on that process's completions. Its
-sampler yields each prompt G times in a row and accelerate gives each process a contiguous slice of
-``per_device_train_batch_size * steps_per_generation`` of them, so every group is whole when that
-number is a multiple of G, i.e. when the P prompts of a step split evenly over the processes
-(``prompts_per_step % num_processes == 0``; always true on one process). :func:`build_trainer`
-checks this, and the reward functions refuse a batch whose consecutive G-blocks are not one prompt
-each. The advantages are then computed over all processes' groups together (gathered), so "batch"
-uses the whole step's baseline and scale, as in the explicit step.
+Where TRL's rollout differs from the explicit one and from the paper, why TRL's own normalisation cannot
+stand in for the estimators, and when the group term is right over several processes: ``docs/engines.md``,
+"GRPO through TRL: the full record".
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import numpy as np
 import torch
-from PIL import Image
 from transformers import PrinterCallback, TrainerCallback
 from trl import GRPOConfig as TRLGRPOConfig
 from trl import GRPOTrainer
 
 from ..config import PAPER, GRPOConfig, PaperHyperParams, RolloutConfig
-from ..geometry import model_input_size, processor_pixel_bounds
+from ..geometry import processor_pixel_bounds
 from ..io import progress as progress_bar
 from ..model import chat
-from ..model.build import QWEN25_VL_CHAT_TEMPLATE, TINY_CHAT_TEMPLATE
 from ..model.load import lora_config
-from ..protocol import (
-    TOOL_CALL_CLOSE,
-    TOOL_CALL_OPEN,
-    ZOOM_TEXT,
-    Answer,
-    extract_answer,
-    parse_tool_call,
-    single_turn_messages,
-)
-from ..rl.advantages import compute_advantages, credit_group_term
-from ..rl.rewards import score_group
-from ..rl.rollout import Trajectory
-from ..rl.zoom import zoom
 from .checkpoints import latest_checkpoint
 from .common import CheckpointAndLog, FixedDraws, dropout_off, loop_draws, trainable_adamw
-from .grpo import _log_row
+from .grpo_trl_env import environment_factory, prompt_dataset
+from .grpo_trl_render import tool_rendering
+from .grpo_trl_rewards import ZoomRewards, step_row
 from .loop import cut_log, processes, read_log, resume_latest
 
-__all__ = ["ZOOM_RESPONSE_TEMPLATE", "ZoomEnvironment", "ZoomGRPOTrainer", "ZoomRewards", "build_trainer",
-           "environment_factory", "prompt_dataset", "tool_chat_template", "tool_rendering", "train_grpo_trl"]
-
-TOOL_NAME = "zoom"
-MIN_SIDE = 28.0   # the rollout's box clean-up (model-input pixels), as in zoomdx_lib.rl.rollout.rollout
-
-# ------------------------------------------------------------------------------------ rendering
-# An assistant turn's tool calls: a zoom call in the paper's nameless form, any other call Hermes-style.
-_TOOL_CALLS = (
-    "{%- if message['tool_calls'] is defined and message['tool_calls'] -%}"
-    "{%- for call in message['tool_calls'] -%}"
-    "{%- set fn = call['function'] if call['function'] is defined else call -%}"
-    "{%- if fn['name'] == '" + TOOL_NAME + "' and fn['arguments'] is mapping and fn['arguments'] | length == 1"
-    " and 'bbox_2d' in fn['arguments'] -%}"
-    "<tool_call>{\"bbox_2d\": {{ fn['arguments']['bbox_2d'] | tojson }}}</tool_call>"
-    "{%- elif fn['arguments'] is string -%}"
-    "<tool_call>{\"name\": {{ fn['name'] | tojson }}, \"arguments\": {{ fn['arguments'] }}}</tool_call>"
-    "{%- else -%}"
-    "<tool_call>{\"name\": {{ fn['name'] | tojson }}, \"arguments\": {{ fn['arguments'] | tojson }}}</tool_call>"
-    "{%- endif -%}{%- endfor -%}{%- endif -%}"
-)
-_ROLE = "<|im_start|>{{ message['role'] }}"
-_TOOL_AS_USER = "<|im_start|>{{ 'user' if message['role'] == 'tool' else message['role'] }}"
-# Where each known template closes a message (before <|im_end|>), with how often that happens in it.
-_TURN_ENDS = {
-    TINY_CHAT_TEMPLATE: [("{%- endif -%}<|im_end|>", 1)],
-    QWEN25_VL_CHAT_TEMPLATE: [("{{ message['content'] }}<|im_end|>", 1), ("{% endfor %}<|im_end|>", 1)],
-}
+__all__ = ["ZoomGRPOTrainer", "build_trainer", "crop_tokens_bound", "train_grpo_trl"]
 
 
-def tool_chat_template(template: str) -> str:
-    """`template` (the tiny model's or Qwen2.5-VL's own) extended for TRL's tool loop.
-
-    A ``tool`` message is rendered as a user turn (so the crop turn is the paper's user image turn)
-    and an assistant message's ``tool_calls`` after its content, a zoom call as
-    ``<tool_call>{"bbox_2d": [...]}</tool_call>``. Conversations without tools render as before.
-    Raises ValueError for any other template.
-    """
-    if template not in _TURN_ENDS or template.count(_ROLE) != 1:
-        raise ValueError("the TRL GRPO engine knows the tiny model's and Qwen2.5-VL's own chat templates; this "
-                         "checkpoint carries another one (extend zoomdx_lib.train.grpo_trl.tool_chat_template)")
-    out = template.replace(_ROLE, _TOOL_AS_USER)
-    for anchor, count in _TURN_ENDS[template]:
-        if out.count(anchor) != count:
-            raise ValueError(f"chat template anchor {anchor!r} found {out.count(anchor)} times, expected {count}")
-        out = out.replace(anchor, anchor.replace("<|im_end|>", _TOOL_CALLS + "<|im_end|>"))
-    return out
-
-
-# How TRL reads a generated turn: each <tool_call>{json}</tool_call> block becomes a call of `zoom` with the
-# JSON's bbox_2d (the paper's call has no function name); everything else is the content. A block that is not
-# JSON, or has no bbox_2d, makes TRL's parser fail as a whole: the turn then holds no call at all.
-ZOOM_RESPONSE_TEMPLATE = {
-    "defaults": {"role": "assistant"},
-    "start_anchor": "<|im_start|>assistant\n",
-    "fields": {
-        "tool_calls": {
-            "open": TOOL_CALL_OPEN,
-            "close": TOOL_CALL_CLOSE,
-            "repeats": True,
-            "content": "json",
-            "transform": {"type": "function", "function": {"name": TOOL_NAME,
-                                                            "arguments": {"bbox_2d": "{content.bbox_2d}"}}},
-        },
-        "content": {"close_pattern": r"<\|im_end\|>\s*", "content": "text", "repeats": True, "join": ""},
-    },
-}
-
-
-@contextlib.contextmanager
-def tool_rendering(processor):
-    """Inside the block the processor renders tool turns (:func:`tool_chat_template`) and its tokenizer
-    parses zoom calls (:data:`ZOOM_RESPONSE_TEMPLATE`); both are restored afterwards."""
-    tok = processor.tokenizer
-    saved = processor.chat_template, getattr(tok, "response_template", None)
-    try:
-        processor.chat_template = tool_chat_template(saved[0])
-        tok.response_template = ZOOM_RESPONSE_TEMPLATE
-        yield processor
-    finally:
-        processor.chat_template = saved[0]
-        tok.response_template = saved[1]
-
-
-# ------------------------------------------------------------------------------------ the environment
-class ZoomEnvironment:
-    """One rollout's crop tool. TRL makes one per rollout, calls :meth:`reset` with the dataset row and
-    :meth:`zoom` when turn 1 holds a tool call. Only the first call of a rollout can crop."""
-
-    def __init__(self, pixel_bounds: tuple[int, int], crop_pixels: int, min_side: float = MIN_SIDE):
-        self._bounds, self._crop_pixels, self._min_side = tuple(pixel_bounds), crop_pixels, min_side
-        self.image: Image.Image | None = None
-        self.sample = None
-        self.calls: list = []          # ToolCall of every call this rollout made
-        self.crop: Image.Image | None = None
-        self.policy_mask: list[int] | None = None   # 1 on the model's own completion tokens (set by the trainer)
-
-    def reset(self, image=None, sample=None, **row) -> None:
-        """Start a rollout on a dataset row (TRL passes every column: ``prompt``, ``image``, ``sample``).
-        Returns None: nothing is added to the prompt."""
-        if image is None:
-            raise ValueError(f"the dataset row has no 'image' (columns: {sorted(['sample', *row])})")
-        self.image, self.sample = image.convert("RGB"), sample
-        self.calls, self.crop, self.policy_mask = [], None, None
-
-    @property
-    def model_size(self) -> tuple[int, int]:
-        """(width, height) of the image as the processor feeds it to the model."""
-        return model_input_size(self.image.width, self.image.height, *self._bounds)
-
-    def zoom(self, bbox_2d: list[int]) -> list[dict]:
-        """Look closer: crop the lesion region of the ultrasound image and show it at a higher resolution.
-
-        Args:
-            bbox_2d: The region as [x1, y1, x2, y2] in pixels of the image as you see it.
-
-        Returns:
-            The zoomed view as an image, followed by its caption.
-        """
-        if self.calls:
-            return [{"type": "text", "text": "Only one zoom per case."}]
-        text = TOOL_CALL_OPEN + json.dumps({"bbox_2d": bbox_2d}) + TOOL_CALL_CLOSE
-        lo, hi = self._bounds
-        call, crop = zoom(text, self.image, self.model_size, self._crop_pixels, min_side=self._min_side,
-                          min_pixels=lo, max_pixels=hi)
-        self.calls.append(call)
-        if not call.ok:
-            return [{"type": "text", "text": f"No zoom: {call.error}."}]
-        self.crop = crop
-        return [{"type": "image", "image": crop}, {"type": "text", "text": ZOOM_TEXT}]
-
-
-def environment_factory(processor, crop_pixels: int) -> Callable[[], ZoomEnvironment]:
-    """The ``environment_factory``: environments for `processor`'s pixel bounds and crops of `crop_pixels`."""
-    bounds = processor_pixel_bounds(processor)
-    return lambda: ZoomEnvironment(bounds, crop_pixels)
-
-
-def prompt_dataset(items: Sequence[tuple]) -> datasets.Dataset:
-    """A `datasets.Dataset` over (sample, image) items whose rows are read lazily (a transform):
-    ``prompt`` (the user turn: image + question, as the explicit rollout renders it), ``image``
-    (RGB original) and ``sample`` (the :class:`~zoomdx_lib.schema.Sample`)."""
-    items = list(items)
-
-    def rows(batch):
-        got = [items[i] for i in batch["row"]]
-        return {"prompt": [single_turn_messages(s.question) for s, _ in got],
-                "image": [img.convert("RGB") for _, img in got], "sample": [s for s, _ in got]}
-    return datasets.Dataset.from_dict({"row": list(range(len(items)))}).with_transform(rows)
-
-
-# ------------------------------------------------------------------------------------ rewards
-def trajectory_from_completion(ids: Sequence[int], env: ZoomEnvironment, tokenizer, index: int = 0) -> Trajectory:
-    """The explicit rollout's :class:`Trajectory` of one TRL completion: turn 1 and turn 2 are the two runs
-    of the policy mask, the tool call is parsed from the turn-1 text by our parser, and the answer is
-    read only when that call was valid (as in the explicit rollout, where an invalid call ends it)."""
-    if env.policy_mask is None:
-        raise RuntimeError("the completion's policy mask is missing: score TRL completions with ZoomGRPOTrainer")
-    ids, mask = list(ids), list(env.policy_mask)
-    runs, k = [], 0
-    while k < len(ids):
-        if mask[k]:
-            j = k
-            while j < len(ids) and mask[j]:
-                j += 1
-            runs.append((k, j))
-            k = j
-        else:
-            k += 1
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-
-    def decode(part):
-        return tokenizer.decode([t for t in part if t != eos], skip_special_tokens=False)
-
-    s1, e1 = runs[0] if runs else (0, 0)
-    turn1 = ids[s1:e1]
-    text1 = decode(turn1)
-    call = parse_tool_call(text1, env.model_size, env.image.size, min_side=MIN_SIDE)
-    t = Trajectory(sample_id=env.sample.id, index=index, turn1_text=text1, tool=call, crop=env.crop,
-                   turn1_ids=turn1)
-    if len(runs) > 1:
-        s2, e2 = runs[1]
-        t.crop_ids, t.turn2_ids = ids[e1:s2], ids[s2:e2]
-        if call.ok:
-            t.turn2_text = decode(t.turn2_ids)
-    t.answer = (extract_answer(t.turn2_text, env.sample.attribute) if t.turn2_text is not None
-                else Answer(label=None, valid=False, error="no_turn2", raw=None))
-    return t
-
-
-@dataclass
-class ScoredBatch:
-    """One reward call's completions as explicit trajectories, grouped [n_groups][G], with each group's
-    sample and :func:`score_group` result."""
-
-    trajs: list
-    samples: list
-    scores: list
-
-
-class ZoomRewards:
-    """TRL reward functions ``(prompts, completions, **kwargs) -> list[float]`` over one scoring of the batch.
-
-    :meth:`functions` returns reward_loc, reward_acc, reward_fmt, reward_group and :meth:`weights` their
-    lambdas; TRL's weighted sum is then the reward the estimator normalises: Eq. 3 ("group", "batch"),
-    individual + lambda_align * leave-one-out credit ("credit"), or the accuracy-only ablation. The
-    functions need the ``environments`` TRL passes (the crop tool's state and the policy mask) and the
-    ``completion_ids``; the batch is scored once (the first function call) and kept in :attr:`last`.
-    """
-
-    def __init__(self, tokenizer, variant: str = "uncertainty", estimator: str = "credit",
-                 hp: PaperHyperParams = PAPER):
-        self.tokenizer, self.variant, self.estimator, self.hp = tokenizer, variant, estimator, hp
-        self.last: ScoredBatch | None = None
-        self._last_key = None
-
-    def score(self, completion_ids, environments) -> ScoredBatch:
-        if self._last_key is completion_ids and self.last is not None:
-            return self.last
-        G = self.hp.group_size
-        if len(completion_ids) % G:
-            raise ValueError(f"{len(completion_ids)} completions are not whole groups of G={G}")
-        trajs, samples, scores = [], [], []
-        for k in range(0, len(completion_ids), G):
-            envs = environments[k:k + G]
-            if len({id(e.sample) for e in envs}) != 1:
-                raise ValueError(f"completions {k}..{k + G - 1} are not the G rollouts of one prompt: the group "
-                                 "term needs whole groups in one reward call (see the grpo_trl module docstring)")
-            group = [trajectory_from_completion(completion_ids[k + g], envs[g], self.tokenizer, g) for g in range(G)]
-            trajs.append(group)
-            samples.append(envs[0].sample)
-            scores.append(score_group(group, envs[0].sample, self.variant, self.hp))
-        self.last, self._last_key = ScoredBatch(trajs, samples, scores), completion_ids
-        return self.last
-
-    def _column(self, completion_ids, environments, column: Callable[[dict, object], list]) -> list:
-        batch = self.score(completion_ids, environments)
-        return [v for s, sample in zip(batch.scores, batch.samples) for v in column(s, sample)]
-
-    def functions(self) -> list[Callable]:
-        def reward_loc(prompts, completions, completion_ids, environments, **kwargs) -> list[float]:
-            return self._column(completion_ids, environments, lambda s, _: s["loc"].tolist())
-
-        def reward_acc(prompts, completions, completion_ids, environments, **kwargs) -> list:
-            gated = self.variant == "uncertainty"   # accuracy counts on consensus cases only
-            return self._column(completion_ids, environments,
-                                lambda s, sample: [None if gated and sample.c == 0 else v for v in s["acc"].tolist()])
-
-        def reward_fmt(prompts, completions, completion_ids, environments, **kwargs) -> list[float]:
-            return self._column(completion_ids, environments, lambda s, _: s["fmt"].tolist())
-
-        def reward_group(prompts, completions, completion_ids, environments, **kwargs) -> list[float]:
-            def column(s, sample):
-                if self.estimator == "credit":
-                    return credit_group_term(s["answers"], sample.c, sample.label, self.hp.delta).tolist()
-                return [float(s["group_term"])] * len(s["answers"])
-            return self._column(completion_ids, environments, column)
-
-        return [reward_loc, reward_acc, reward_fmt, reward_group]
-
-    def weights(self) -> list[float]:
-        hp = self.hp
-        return [hp.lambda_loc, hp.lambda_acc, hp.lambda_fmt, hp.lambda_align]
-
-    @staticmethod
-    def group_records(batch: ScoredBatch) -> list[tuple]:
-        """What the advantages need of each group: (individual rewards, R_group, answers, c, label)."""
-        return [(s["individual"], s["group_term"], s["answers"], smp.c, smp.label)
-                for s, smp in zip(batch.scores, batch.samples)]
-
-    def advantages(self, records: Sequence[tuple]) -> np.ndarray:
-        """The estimator's advantages [n_groups, G] of :meth:`group_records` (the explicit step's formula)."""
-        ind, group, answers, cs, ys = zip(*records)
-        return compute_advantages(np.stack(ind), list(group), list(answers), list(cs), list(ys), self.estimator,
-                                  self.hp)
-
-
-def step_row(batch: ScoredBatch, advantages: np.ndarray, time_generation_s: float) -> dict:
-    """The explicit step's log row (:func:`zoomdx_lib.train.grpo._log_row` itself) of a scored batch;
-    ``loss``, ``grad_norm``, ``kl`` and ``time_update_s`` are filled in once the update is done."""
-    items = [(sample, None) for sample in batch.samples]
-    return _log_row(batch.trajs, items, batch.scores, advantages, 0.0, [], 0.0, time_generation_s, 0.0)
-
-
-# ------------------------------------------------------------------------------------ the trainer
 class ZoomGRPOTrainer(GRPOTrainer):
     """GRPOTrainer with the workbook's advantages, the loop's prompt draws and a log row per step.
 
@@ -536,7 +171,6 @@ def build_trainer(model, processor, items: Sequence[tuple], cfg: GRPOConfig, out
     return trainer
 
 
-# ------------------------------------------------------------------------------------ training
 def _postfix(row: dict) -> dict:
     return dict(R=f"{row['reward_total']:.2f}", iou=f"{row['mean_iou']:.2f}")
 

@@ -98,7 +98,8 @@ class _SFTLog(CheckpointAndLog):
     """The SFT row of a step: its loss, learning rate and seconds."""
 
     def log_row(self, logs: dict, lr_scheduler) -> dict:
-        return {"loss": float(logs["loss"]), "lr": lr_scheduler.get_last_lr()[0], "time_s": time.perf_counter() - self.t0}
+        return {"loss": float(logs["loss"]), "lr": lr_scheduler.get_last_lr()[0],
+                "time_s": time.perf_counter() - self.t0}
 
 
 def training_chat_template(processor) -> Optional[str]:
