@@ -1,5 +1,6 @@
 """viz figures and widgets browsers on tiny fake inputs (no display, Agg backend)."""
 import json
+import math
 
 import matplotlib
 
@@ -188,3 +189,15 @@ def test_browsers_build(tmp_path, samples, records, capsys):
     ds.value = "breast"
     assert case.options == () and case.value is None
     assert plt.get_fignums() == []
+
+
+def test_case_dropdown_is_sized_for_the_longest_case_label(records):
+    long_id = dict(records[1], id="bus_bra-test_bus_bra-fold3-bus_0123-l-benign-birads4a")
+    assert widgets.case_label(records[0]) == f"{records[0]['id']} c={records[0]['c']} kappa=0.750"
+    width = widgets.case_dropdown_width(records + [long_id])
+    chars = len(widgets.case_label(long_id))
+    assert width == f"calc(var(--jp-widgets-inline-label-width, 80px) + {math.ceil(1.15 * chars) + 4}ch)"
+    rb = widgets.rollout_browser({("liver", "ours"): records[:1], ("breast", "ours"): [long_id]},
+                                 lambda d, i: _image(0), CROP)
+    case = rb.children[2]
+    assert case.layout.width == width     # the longest label of any dataset, not only the one shown first

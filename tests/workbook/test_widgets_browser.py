@@ -70,6 +70,19 @@ SNAPSHOT_JS = """() => {
 }"""
 
 
+# How wide the widest of `labels` (and of the options shown) is in the <select>'s own font, against the
+# room its box leaves for text (its inner width less the padding that holds the arrow), in CSS pixels.
+FIT_JS = """(sel, labels) => {
+  const cs = getComputedStyle(sel);
+  const ctx = document.createElement('canvas').getContext('2d');
+  ctx.font = `${cs.fontStyle} ${cs.fontWeight} ${cs.fontSize} ${cs.fontFamily}`;
+  const texts = labels.concat([...sel.options].map(o => o.textContent));
+  const widest = texts.reduce((a, t) => ctx.measureText(t).width > ctx.measureText(a).width ? t : a, '');
+  return {widest, textPx: ctx.measureText(widest).width, options: sel.options.length,
+          roomPx: sel.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight)};
+}"""
+
+
 # ----------------------------------------------------------------------------- what must be shown
 TABLE_KEYS = ["i", "answer", "box", "tool_error", "answer_error", "loc", "acc", "fmt", "group", "individual", "total"]
 EMPTY_TEXT = "no case matches the filters"
@@ -121,8 +134,7 @@ def plan_changes(records_by: dict) -> dict:
                 vk = expected_view(sel[0] if sel else None)
                 if differs(vj, vk) and differs(vk, v1):
                     return dict(dataset=ds, m0=m0, m1=m1, case=j, kappa_steps=k, views=[v0, v1, vj, vk],
-                                case_label=f"{recs[j]['id']} c={recs[j]['c']} "
-                                           f"kappa={W.record_summary(recs[j])['kappa']:.3f}")
+                                case_label=W.case_label(recs[j]))
     pytest.fail(f"the smoke run's cached rollouts of {ds} give no method/case/κ change that must redraw "
                 f"(methods {methods}); the test needs cases whose rollouts differ")
 
@@ -412,6 +424,12 @@ def test_rollout_browser_redraws_in_jupyterlab(smoke_run, tmp_path):
                 assert shown == {"dataset": plan["dataset"], "method": plan["m0"]}, shown
                 snap = wait_for_view(page, v0, None, "running all cells", RUN_ALL_S)
                 assert len(snap["turns"]) == 8, "one turn text per rollout (G=8)"
+                # the case dropdown shows the longest case label of any dataset and method whole
+                labels = [W.case_label(r) for recs in records_by.values() for r in recs]
+                fit = dropdown(page, "case").evaluate(FIT_JS, labels)
+                assert fit["options"] > 0 and fit["textPx"] > 0, fit
+                assert fit["textPx"] <= fit["roomPx"], \
+                    f"the case dropdown cuts {fit['widest']!r}: {fit['textPx']:.0f} px of text in {fit['roomPx']:.0f} px"
 
                 dropdown(page, "method").select_option(label=plan["m1"])
                 snap = wait_for_view(page, v1, snap, f"method {plan['m0']} -> {plan['m1']}")

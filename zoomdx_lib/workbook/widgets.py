@@ -9,6 +9,7 @@ import base64
 import contextlib
 import html
 import json
+import math
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -196,17 +197,50 @@ def sample_browser(samples: Sequence, data_dir, crop_pixels: int) -> widgets.VBo
     return widgets.VBox([widgets.HBox([split, attr, conf]), widgets.HBox([index, info]), out])
 
 
+def case_label(record: dict) -> str:
+    """The case dropdown's label of a record: 'id c=C kappa=K' (kappa of the consensus, 0-1)."""
+    return f"{record['id']} c={record['c']} kappa={record_summary(record)['kappa']:.3f}"
+
+
+def case_dropdown_width(records: Sequence[dict]) -> str:
+    """CSS width of the case dropdown that shows the longest label of `records` whole: the
+    description's width plus the label in `ch` (the width of "0"; 1.15 of it per character covers
+    wider letters) and room for the arrow."""
+    longest = max((len(case_label(r)) for r in records), default=0)
+    return f"calc(var(--jp-widgets-inline-label-width, 80px) + {math.ceil(1.15 * longest) + 4}ch)"
+
+
+def _show_case(sink, rec: dict, images_loader: Callable, dataset: str, method: str, crop_pixels: int) -> None:
+    """One case into `sink`: the figure (or why there is no image), the reward table, each turn's text."""
+    try:
+        img, why = images_loader(dataset, rec["id"]), "the loader returned None"
+    except Exception as e:  # noqa: BLE001 -- show the reason, keep browsing
+        img, why = None, f"{type(e).__name__}: {e}"
+    if img is not None:
+        sink.png(viz.qualitative_case(rec, img, crop_pixels, title=f"{dataset} / {method}"))
+    else:
+        sink.text(f"no image for {rec['id']}: {why}")
+    rows = rollout_table(rec)
+    sink.html((_table_html(rows, ["i", "answer", "box", "tool_error", "answer_error",
+                                  "loc", "acc", "fmt", "group", "individual", "total"])))
+    for r in rows:
+        sink.html((f"<b>rollout {r['i']}</b> answer: {html.escape(str(r['answer']))}"
+                   + _pre(f"turn 1: {r['turn1']}\n\nturn 2: {r['turn2']}")))
+
+
 def rollout_browser(records_by: dict, images_loader: Callable, crop_pixels: int) -> widgets.VBox:
     """Browse evaluation rollouts: pick dataset, method and case (filters: c, consensus correct, kappa
     range); shows the image with true and G predicted boxes, every crop, each turn's text, the parsed
-    answer and every reward component of the group."""
+    answer and every reward component of the group. The case dropdown is wide enough for the
+    longest case label of any dataset and method."""
     datasets = sorted({d for d, _ in records_by}, key=str)
     ds = widgets.Dropdown(options=datasets, description="dataset")
     meth = widgets.Dropdown(options=[], description="method")
     conf = widgets.Dropdown(options=[ALL, 1, 0], description="c")
     corr = widgets.Dropdown(options=[ALL, "correct", "wrong"], description="consensus")
     kap = widgets.FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.125, description="kappa")
-    case = widgets.Dropdown(options=[], description="case")
+    case = widgets.Dropdown(options=[], description="case", layout=widgets.Layout(
+        width=case_dropdown_width([r for recs in records_by.values() for r in recs])))
     info, out = widgets.Label(), widgets.Output()
     state = {"sel": [], "busy": False}
 
@@ -217,21 +251,7 @@ def rollout_browser(records_by: dict, images_loader: Callable, crop_pixels: int)
             if case.value is None or not state["sel"]:
                 sink.text("no case matches the filters")
                 return
-            rec = state["sel"][case.value]
-            try:
-                img, why = images_loader(ds.value, rec["id"]), "the loader returned None"
-            except Exception as e:  # noqa: BLE001 -- show the reason, keep browsing
-                img, why = None, f"{type(e).__name__}: {e}"
-            if img is not None:
-                sink.png(viz.qualitative_case(rec, img, crop_pixels, title=f"{ds.value} / {meth.value}"))
-            else:
-                sink.text(f"no image for {rec['id']}: {why}")
-            rows = rollout_table(rec)
-            sink.html((_table_html(rows, ["i", "answer", "box", "tool_error", "answer_error",
-                                            "loc", "acc", "fmt", "group", "individual", "total"])))
-            for r in rows:
-                sink.html((f"<b>rollout {r['i']}</b> answer: {html.escape(str(r['answer']))}"
-                             + _pre(f"turn 1: {r['turn1']}\n\nturn 2: {r['turn2']}")))
+            _show_case(sink, state["sel"][case.value], images_loader, ds.value, meth.value, crop_pixels)
 
     def refilter(*_):
         if state["busy"]:
@@ -241,8 +261,7 @@ def rollout_browser(records_by: dict, images_loader: Callable, crop_pixels: int)
         state["sel"] = sel = filter_records(recs, c=None if conf.value == ALL else conf.value,
                                             correct=None if corr.value == ALL else corr.value == "correct",
                                             kappa_range=kap.value)
-        case.options = [(f"{r['id']} c={r['c']} kappa={record_summary(r)['kappa']:.3f}", i)
-                        for i, r in enumerate(sel)]
+        case.options = [(case_label(r), i) for i, r in enumerate(sel)]
         case.value = 0 if sel else None
         info.value = f"{len(sel)} of {len(recs)} cases"
         state["busy"] = False
