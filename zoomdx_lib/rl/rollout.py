@@ -23,6 +23,10 @@ from .rewards import trajectory_format
 from .zoom import zoom
 
 
+# (sample, original RGB image, the parsed valid call, its own crop) -> the image turn 2 sees
+CropFn = Callable[[object, Image.Image, ToolCall, Image.Image], Image.Image]
+
+
 @dataclass
 class Trajectory:
     """One Zoom-then-Diagnose rollout.
@@ -152,12 +156,15 @@ class ScriptedPolicy:
 
 def rollout(items: Sequence[tuple], policy, processor, group_size: int = 1, do_sample: bool = False,
             temperature: float = 0.7, max_new_tokens: tuple[int, int] = (64, 64), crop_pixels: int = 112 * 112,
-            min_side: float = 28.0, rows_per_call: int = 64, progress: bool = False) -> list[list[Trajectory]]:
+            min_side: float = 28.0, rows_per_call: int = 64, progress: bool = False,
+            crop_fn: Optional[CropFn] = None) -> list[list[Trajectory]]:
     """Run Zoom-then-Diagnose rollouts.
 
     items: (sample, PIL image) pairs; sample.question and sample.attribute are used.
     Returns trajectories as [len(items)][group_size]. Boxes come back in original-image pixels;
-    the crop is taken from the original-resolution image at the parsed box.
+    the crop is taken from the original-resolution image at the parsed box. `crop_fn(sample, image,
+    call, crop)`, when given, replaces the image returned to turn 2 after a valid call (the crop-use
+    check: the true crop, a blank one, a crop elsewhere); the trajectory keeps its own box.
     """
     tok = processor.tokenizer
     eos_id = tok.convert_tokens_to_ids("<|im_end|>")
@@ -192,6 +199,8 @@ def rollout(items: Sequence[tuple], policy, processor, group_size: int = 1, do_s
         text1 = tok.decode([t for t in new_ids if t != eos_id], skip_special_tokens=False)
         msize = model_input_size(img.width, img.height, lo, hi)
         call, crop = zoom(text1, img, msize, crop_pixels, min_side=min_side, min_pixels=lo, max_pixels=hi)
+        if crop_fn is not None and call.ok:
+            crop = crop_fn(sample, img, call, crop)
         t = Trajectory(sample_id=sample.id, index=g, turn1_text=text1, tool=call, crop=crop,
                        prompt_ids=list(prompt_ids), turn1_ids=list(new_ids), image_inputs=pairs(i))
         trajs[i][g] = t

@@ -1,0 +1,112 @@
+"""Figures of the RL study and the positive controls: training curves, claim intervals, crop use."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+CURVE_KEYS = ("reward_total", "entropy", "clip_frac", "kl", "tool_call_valid", "answer_valid", "box_area",
+              "no_signal_share")
+
+
+def _smooth(values: Sequence[float], window: int) -> np.ndarray:
+    v = np.asarray(values, float)
+    if window <= 1 or v.size < window:
+        return v
+    return np.convolve(v, np.ones(window) / window, mode="valid")
+
+
+def rl_curves(logs: dict, keys: Sequence[str] = CURVE_KEYS, window: int = 5, save_path=None):
+    """One panel per logged quantity (moving average over `window` steps), one line per run.
+
+    logs: {run name: GRPO log rows}. Keys a run did not log are skipped for that run. Returns the figure.
+    """
+    cols = 4
+    rows = int(np.ceil(len(keys) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for name, log in logs.items():
+            vals = [r[key] for r in log if key in r and r[key] is not None and np.isfinite(r[key])]
+            if vals:
+                y = _smooth(vals, window)
+                ax.plot(np.arange(len(y)) + min(window, len(vals)), y, label=name, lw=1.3)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    if save_path:
+        fig.savefig(save_path, dpi=120)
+    return fig
+
+
+def claims_intervals(claims: pd.DataFrame, thresholds: Optional[dict] = None, save_path=None):
+    """Each claim's paired difference (better − worse) with its 95 % interval, one panel per metric; the
+    shaded band is the half-width the claim must reach to be decided as a null (`thresholds` by metric)."""
+    metrics = list(dict.fromkeys(claims["metric"]))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.45 * max(4, len(claims) / len(metrics)) + 1.2),
+                             squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        part = claims[claims["metric"] == metric].reset_index(drop=True)
+        y = np.arange(len(part))
+        colors = ["tab:green" if v == "supported" else "tab:red" if v == "contradicted" else "tab:gray"
+                  for v in part["verdict"]]
+        ax.errorbar(part["delta"], y, xerr=[part["delta"] - part["low"], part["high"] - part["delta"]], fmt="none",
+                    ecolor=colors, capsize=3)
+        ax.scatter(part["delta"], y, c=colors, zorder=3, s=18)
+        ax.axvline(0, color="k", lw=0.8)
+        if thresholds and metric in thresholds:
+            ax.axvspan(-thresholds[metric], thresholds[metric], color="tab:blue", alpha=0.08)
+        ax.set_yticks(y)
+        ax.set_yticklabels([f"{c.replace('uncertainty RL', 'unc. RL')} · {d}" for c, d in zip(part["claim"], part["dataset"])],
+                           fontsize=7)
+        ax.set_title(f"{metric}: better − worse", fontsize=9)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    if save_path:
+        fig.savefig(save_path, dpi=120)
+    return fig
+
+
+def crop_use_bars(crop: pd.DataFrame, save_path=None):
+    """Accuracy on c = 1 cases per method and crop source (own, true, blank, elsewhere), averaged over
+    seeds, with the share of answers that changed from the own crop written above each bar."""
+    table = crop.groupby(["method", "source"], sort=False)[["acc_c1", "changed"]].mean().reset_index()
+    methods = list(dict.fromkeys(table["method"]))
+    sources = list(dict.fromkeys(table["source"]))
+    width = 0.8 / len(sources)
+    fig, ax = plt.subplots(figsize=(1.8 + 1.9 * len(methods), 3.4))
+    for k, source in enumerate(sources):
+        part = table[table["source"] == source].set_index("method").reindex(methods)
+        xs = np.arange(len(methods)) + (k - (len(sources) - 1) / 2) * width
+        ax.bar(xs, part["acc_c1"], width, label=source)
+        for x, acc, ch in zip(xs, part["acc_c1"], part["changed"]):
+            if np.isfinite(acc) and source != "own":
+                ax.text(x, acc + 0.01, f"{ch:.0%}", ha="center", fontsize=6, rotation=90)
+    ax.set_xticks(np.arange(len(methods)))
+    ax.set_xticklabels(methods, fontsize=7, rotation=10)
+    ax.set_ylabel("Acc (c = 1), turn 2 from …")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, ncol=len(sources))
+    fig.tight_layout()
+    if save_path:
+        fig.savefig(save_path, dpi=120)
+    return fig
+
+
+def save_all(figures: dict, folder) -> list[Path]:
+    """Save {name: figure} as PNGs in `folder`; returns the paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, fig in figures.items():
+        paths.append(folder / f"{name}.png")
+        fig.savefig(paths[-1], dpi=120)
+    return paths
