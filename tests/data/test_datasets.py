@@ -361,8 +361,9 @@ def test_hostile_manifest_reports_each_bad_record_and_keeps_the_good(tmp_path):
     path = root / "manifest.jsonl"
     path.write_text("\n".join(lines) + "\n")
 
-    with pytest.raises(SampleError, match="line 3"):  # strict: stops at the first bad record, naming it
+    with pytest.raises(SampleError, match="line 3") as strict:  # strict: one error naming every bad record
         importers.import_manifest(path)
+    assert len(strict.value.problems) == len(HOSTILE) + 1 and "line 10" in str(strict.value)
     samples, report = importers.import_manifest(path, strict=False)
     assert sorted(s.id for s in samples) == sorted(r["id"] for r in rows)
     assert report.n_ok == len(GOOD_IMAGES)
