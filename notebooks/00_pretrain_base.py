@@ -58,10 +58,10 @@ import json
 import pandas as pd
 from IPython.display import Markdown, display
 
-from zoomdx_lib.config import SHIPPED_BASE
+from zoomdx_lib.config import SHIPPED_BASE, PretrainConfig
 from zoomdx_lib.eval.grounding import fresh_cases, grounding_report
 from zoomdx_lib.model.load import load_model_and_processor, verify_checksums
-from zoomdx_lib.train.pretrain import PretrainConfig, pretrain
+from zoomdx_lib.train.pretrain import pretrain
 from zoomdx_lib.workbook import viz
 from zoomdx_lib.workbook.base import held_out_eval
 from zoomdx_lib.workbook.rundir import setup

@@ -1,5 +1,7 @@
 """The paper's hyper-parameters, one config object per stage, and the profiles that compose them.
 
+Long because it is every stage's configuration in one place, the bottom layer every room reads.
+
 `get_profile("smoke" | "cpu" | "paper", **overrides)` returns a `Profile`; notebooks take the
 profile name as a papermill parameter and read everything else from here. A profile is a name
 and a seed over one config per stage::
@@ -11,6 +13,9 @@ and a seed over one config per stage::
     Profile.grpo     GRPO (steps, prompts per step, learning rate, estimator, KL)
     Profile.eval     evaluation rollouts, batch size, bootstrap
     Profile.hp       the paper's hyper-parameters (G, T, delta, lambdas, LoRA)
+
+`PretrainConfig` (not part of a profile) is one pretraining run of the shipped tiny base (`make base`,
+notebook 00); `TINY_SIZES` are the tiny model's sizes, which it and `ModelConfig` share.
 
 Overrides name a field of a stage as ``stage__field`` (``get_profile("cpu", grpo__steps=20)``),
 or replace top-level fields (``seed``, ``device``).
@@ -61,6 +66,11 @@ class PaperHyperParams:
 PAPER = PaperHyperParams()
 
 
+# The offline tiny Qwen2.5-VL: widths, depths and heads of its language model and vision tower.
+TINY_SIZES = dict(text_hidden=256, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=768,
+                  vision_hidden=128, vision_depth=4, vision_heads=4, vision_intermediate=384)
+
+
 @dataclass
 class ModelConfig:
     """The checkpoint and its processor bounds (pixels of the model-input image).
@@ -74,9 +84,7 @@ class ModelConfig:
     min_pixels: int = 112 * 112
     max_pixels: int = 224 * 224
     gradient_checkpointing: bool = False
-    tiny: dict = field(default_factory=lambda: dict(
-        text_hidden=256, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=768,
-        vision_hidden=128, vision_depth=4, vision_heads=4, vision_intermediate=384))
+    tiny: dict = field(default_factory=lambda: dict(TINY_SIZES))
 
     @property
     def pixel_bounds(self) -> dict:
@@ -157,6 +165,48 @@ class EvalConfig:
     bootstrap_samples: int = 1000
 
 
+AUX_LOSSES = ("mask", "pos", "attn")  # every auxiliary loss pretraining knows
+DEFAULT_AUX = ("mask", "pos")          # the shipped recipe: the attn loss measured no help (docs/base.md ablation)
+
+
+@dataclass
+class PretrainConfig:
+    """One pretraining run (:mod:`zoomdx_lib.train.pretrain`). `aux_weights` weighs each auxiliary loss
+    against the text loss; the pixel bounds are the model's and the crop is the rollout's (pixels of the
+    model-input image)."""
+
+    steps: int = 2400
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup: int = 50
+    organs: tuple[str, ...] = ("liver", "breast")
+    image_size: int = 256
+    crop_pixels: int = RolloutConfig.crop_pixels
+    min_pixels: int = ModelConfig.min_pixels
+    max_pixels: int = ModelConfig.max_pixels
+    aux: tuple[str, ...] = DEFAULT_AUX
+    aux_weights: dict = field(default_factory=lambda: dict(mask=1.0, pos=1.0, attn=0.5))
+    attn_head: int = 0                 # the head of each layer the attention loss guides
+    rationales: float = 0.0            # share of cases whose turns carry the SFT data's rationales (else a fixed one)
+    curriculum_steps: int = 0          # easy contrast first: these first steps draw no isoechoic lesion
+    seed: int = 0                      # model init, stream and sampler
+    init_from: Optional[str] = None    # a pretraining checkpoint (with its heads) to continue from, fresh schedule
+    checkpoint_every: int = 100
+    tiny: dict = field(default_factory=lambda: dict(TINY_SIZES))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "PretrainConfig":
+        """The config a run wrote as JSON (``pretrain_config.json``, a card's ``config``): lists back to
+        tuples; keys this version does not know are dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if k in ("organs", "aux") else v for k, v in raw.items() if k in known})
+
+    def __post_init__(self):
+        unknown = set(self.aux) - set(AUX_LOSSES)
+        if unknown:
+            raise ValueError(f"unknown auxiliary loss(es) {sorted(unknown)}; choose from {AUX_LOSSES}")
+
+
 @dataclass
 class Profile:
     """Everything a run needs to know about its size, one config per stage."""
@@ -196,7 +246,7 @@ PROFILES: dict[str, Profile] = {
         sft=SFTConfig(warmup_steps=0, full_steps=0, lora_steps=10, batch_size=8, checkpoint_every=5),
         grpo=GRPOConfig(steps=2, prompts_per_step=1, checkpoint_every=1),
         eval=EvalConfig(rollouts=8, batch_size=16, bootstrap_samples=200)),
-    # Sized for a ~35-minute chain on 2 cores: test sets of 40 cases (the paper: 120) because 8-rollout
+    # Sized for a chain of ~16-20 minutes on 2 cores: test sets of 40 cases (the paper: 120) because 8-rollout
     # evaluation dominates; SFT batch 8 through the explicit loop (same batches and losses as TRL's
     # SFTTrainer to 2e-5, at less than half its per-step cost for this model); 30 GRPO steps per variant;
     # the paper-literal `group` GRPO row is left to smoke/paper (its update provably ignores R_group).

@@ -8,14 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zoomdx_lib.config import _SMOKE_TINY
+from zoomdx_lib.config import _SMOKE_TINY, AUX_LOSSES, PretrainConfig
 from zoomdx_lib.data.store import split_seed
 from zoomdx_lib.geometry import model_box, model_input_size
 from zoomdx_lib.config import SHIPPED_BASE
 from zoomdx_lib.eval.grounding import fresh_cases, grounding_report
 from zoomdx_lib.model.load import ChecksumError, load_model_and_processor, verify_checksums, write_checksums
-from zoomdx_lib.train.pretrain import (AUX_LOSSES, HEADS_FILE, PretrainConfig, dense_targets, encode_case, pretrain,
-                                       stream_case, stream_seed)
+from zoomdx_lib.train.pretrain import HEADS_FILE, dense_targets, encode_case, pretrain, stream_case, stream_seed
 
 
 @pytest.mark.parametrize("box", [(0, 0, 224, 224), (10.5, 30, 61, 95.2), (100, 100, 101, 140), (200, 3, 224, 27)])

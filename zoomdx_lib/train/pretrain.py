@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -47,6 +47,7 @@ from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration
 
 from .. import protocol as P
+from ..config import PretrainConfig
 from ..data.dialogue import build_dialogue, question_for
 from ..data.synth import generate_samples
 from ..geometry import model_input_size, processor_pixel_bounds
@@ -60,49 +61,9 @@ from .common import trainable_adamw
 from .loop import LoopConfig, run_loop
 from .sft import SFTExample, cosine_schedule, encode_conversation
 
-AUX_LOSSES = ("mask", "pos", "attn")  # every auxiliary loss this stage knows
-DEFAULT_AUX = ("mask", "pos")          # the shipped recipe: the attn loss measured no help (README ablation)
 HEADS_FILE = "aux_heads.safetensors"
 STREAM_SIZE = 2 ** 31 - 1        # indices of the case stream the loop draws from
 TOKEN = 28                       # model-input pixels per merged visual token (patch 14 x merge 2)
-
-
-@dataclass
-class PretrainConfig:
-    """One pretraining run. `aux_weights` weighs each auxiliary loss against the text loss."""
-
-    steps: int = 2400
-    batch_size: int = 16
-    lr: float = 1e-3
-    warmup: int = 50
-    organs: tuple[str, ...] = ("liver", "breast")
-    image_size: int = 256
-    crop_pixels: int = 112 * 112
-    min_pixels: int = 112 * 112
-    max_pixels: int = 224 * 224
-    aux: tuple[str, ...] = DEFAULT_AUX
-    aux_weights: dict = field(default_factory=lambda: dict(mask=1.0, pos=1.0, attn=0.5))
-    attn_head: int = 0                 # the head of each layer the attention loss guides
-    rationales: float = 0.0            # share of cases whose turns carry the SFT data's rationales (else a fixed one)
-    curriculum_steps: int = 0          # easy contrast first: these first steps draw no isoechoic lesion
-    seed: int = 0                      # model init, stream and sampler
-    init_from: Optional[str] = None    # a pretraining checkpoint (with its heads) to continue from, fresh schedule
-    checkpoint_every: int = 100
-    tiny: dict = field(default_factory=lambda: dict(
-        text_hidden=256, text_layers=4, text_heads=4, text_kv_heads=2, text_intermediate=768,
-        vision_hidden=128, vision_depth=4, vision_heads=4, vision_intermediate=384))
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "PretrainConfig":
-        """The config a run wrote as JSON (``pretrain_config.json``, a card's ``config``): lists back to
-        tuples; keys this version does not know are dropped."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if k in ("organs", "aux") else v for k, v in raw.items() if k in known})
-
-    def __post_init__(self):
-        unknown = set(self.aux) - set(AUX_LOSSES)
-        if unknown:
-            raise ValueError(f"unknown auxiliary loss(es) {sorted(unknown)}; choose from {AUX_LOSSES}")
 
 
 def stream_seed(seed: int, organ: str) -> int:

@@ -22,12 +22,12 @@ from typing import Optional
 
 import torch
 
-from ..config import SHIPPED_BASE
+from ..config import AUX_LOSSES, SHIPPED_BASE, PretrainConfig
 from ..eval.grounding import fresh_cases, grounding_report
 from ..io import atomic_write_json
 from ..model.load import load_model_and_processor, write_checksums
 from ..train.loop import read_log
-from ..train.pretrain import AUX_LOSSES, PretrainConfig, pretrain, read_evals
+from ..train.pretrain import pretrain, read_evals
 
 HELD_OUT_SEED = zlib.crc32(b"zoomdx-pretrain-heldout") & 0x7FFFFFFF   # curves during training
 CARD_SEEDS = {"liver": 7101, "breast": 7102, "thyroid": 7103}          # the model card's numbers
