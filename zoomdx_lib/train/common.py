@@ -50,6 +50,12 @@ def loop_draws(n_items: int, batch_size: int, steps: int, seed: int) -> list[int
     return [i for _ in range(steps) for i in torch.randint(n_items, (batch_size,), generator=gen).tolist()]
 
 
+def step_draws(n_items: int, per_step: int, steps: int, seed: int, start: int = 0) -> list[list[int]]:
+    """:func:`loop_draws` step by step: the `per_step` indices of each of steps `start` .. `steps` - 1."""
+    flat = loop_draws(n_items, per_step, steps, seed)
+    return [flat[k * per_step:(k + 1) * per_step] for k in range(start, steps)]
+
+
 class FixedDraws(torch.utils.data.Sampler):
     """A trainer's training sampler that yields the given indices in order (the loop's draws)."""
 

@@ -36,7 +36,7 @@ from ..io import progress as progress_bar
 from ..model import chat
 from ..model.load import lora_config
 from .checkpoints import latest_checkpoint
-from .common import CheckpointAndLog, FixedDraws, dropout_off, loop_draws, trainable_adamw
+from .common import CheckpointAndLog, FixedDraws, dropout_off, step_draws, trainable_adamw
 from .grpo_trl_env import environment_factory, prompt_dataset
 from .grpo_trl_render import tool_rendering
 from .grpo_trl_rewards import ZoomRewards, step_row
@@ -100,8 +100,25 @@ def crop_tokens_bound(processor) -> int:
     return len(chat.tokenize(processor, chat.crop_turn_text(processor))) + math.ceil(hi / (28 * 28))
 
 
-def _largest_divisor(n: int, cap: int) -> int:
-    return max(d for d in range(1, min(n, max(1, cap)) + 1) if n % d == 0)
+def _per_process_batch(P: int, G: int, micro_batch: int, device) -> tuple[int, int]:
+    """(completions per process and step, completions per backward pass: `micro_batch` rounded down to a
+    divisor of the first). Raises ValueError when the P prompts of a step do not split over the processes."""
+    n_proc = processes(device).num_processes
+    if P % n_proc:
+        raise ValueError(f"prompts_per_step={P} does not split over {n_proc} processes: the group term needs all "
+                         f"G={G} rollouts of a prompt on one process")
+    per_proc = P * G // n_proc
+    return per_proc, max(d for d in range(1, min(per_proc, max(1, micro_batch)) + 1) if per_proc % d == 0)
+
+
+def _generation_kwargs(tokenizer, per_turn: int, use_vllm: bool) -> dict:
+    """TRL's ``generation_kwargs``: the per-turn token cap; with HF ``generate`` no image or turn-start token."""
+    if use_vllm:
+        return {"max_tokens": per_turn}
+    suppress = sorted({tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>",
+                       "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|im_start|>")}
+                      - {tokenizer.unk_token_id, None})
+    return {"max_new_tokens": per_turn, "suppress_tokens": suppress}
 
 
 def build_trainer(model, processor, items: Sequence[tuple], cfg: GRPOConfig, out_dir, variant: str = "uncertainty",
@@ -125,21 +142,13 @@ def build_trainer(model, processor, items: Sequence[tuple], cfg: GRPOConfig, out
         model = get_peft_model(model, lora_config(hp.lora_rank, hp.lora_alpha, hp.lora_dropout))
     G, P = hp.group_size, cfg.prompts_per_step
     steps = cfg.steps if steps is None else steps
-    n_proc = processes(device).num_processes
-    if P % n_proc:
-        raise ValueError(f"prompts_per_step={P} does not split over {n_proc} processes: the group term needs all "
-                         f"G={G} rollouts of a prompt on one process")
-    per_proc = P * G // n_proc
-    micro = _largest_divisor(per_proc, cfg.micro_batch)
+    per_proc, micro = _per_process_batch(P, G, cfg.micro_batch, device)
     on_gpu = str(device).startswith("cuda")
     use_vllm = (cfg.use_vllm if use_vllm is None else use_vllm) and on_gpu and torch.cuda.is_available()
-    tok = processor.tokenizer
     per_turn = max(rollout_cfg.max_new_tokens)
-    suppress = sorted({tok.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                       "<|vision_end|>", "<|vision_pad|>", "<|im_start|>")} - {tok.unk_token_id, None})
-    gen_kwargs = {"max_tokens": per_turn} if use_vllm else {"max_new_tokens": per_turn, "suppress_tokens": suppress}
+    gen_kwargs = _generation_kwargs(processor.tokenizer, per_turn, use_vllm)
     gc = bool(getattr(model, "is_activation_checkpointing", False))
-    rewards = ZoomRewards(tok, variant, cfg.estimator, hp)
+    rewards = ZoomRewards(processor.tokenizer, variant, cfg.estimator, hp)
     args = TRLGRPOConfig(
         output_dir=str(Path(out_dir) / "trainer"), max_steps=steps, per_device_train_batch_size=micro,
         gradient_accumulation_steps=per_proc // micro, num_generations=G, num_iterations=1, learning_rate=cfg.lr,
@@ -155,9 +164,7 @@ def build_trainer(model, processor, items: Sequence[tuple], cfg: GRPOConfig, out
         optimizer = trainable_adamw(model, cfg.lr)
     if scheduler is None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-    if draws is None:
-        flat = loop_draws(len(items), P, steps, seed)
-        draws = [flat[k * P:(k + 1) * P] for k in range(steps)]
+    draws = step_draws(len(items), P, steps, seed) if draws is None else draws
     if len(draws) != steps or any(len(d) != P for d in draws):
         raise ValueError(f"draws must hold {steps} steps of {P} prompt indices")
     with warnings.catch_warnings():
@@ -218,9 +225,7 @@ def train_grpo_trl(model, processor, train_items: Sequence[tuple], cfg: GRPOConf
     if start >= cfg.steps:
         resume_latest(out_dir, model, opt, sched)   # the finished run's adapter, for the caller to save
         return rows
-    P = cfg.prompts_per_step
-    flat = loop_draws(len(train_items), P, cfg.steps, seed)
-    draws = [flat[k * P:(k + 1) * P] for k in range(start, cfg.steps)]
+    draws = step_draws(len(train_items), cfg.prompts_per_step, cfg.steps, seed, start)
     bar = progress_bar(range(start, cfg.steps), progress, desc=f"GRPO {variant}/{cfg.estimator} (TRL)",
                        initial=start, total=cfg.steps)
     try:

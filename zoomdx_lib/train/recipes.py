@@ -9,6 +9,7 @@ the notebooks call these.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -40,73 +41,88 @@ def run_sft(profile: Profile, run_dir, mode: str = "zoom", resume: bool = True, 
 
     Tiny model (``profile.model.path`` None): build it into `run_dir/models/tiny_init`, optionally
     warm its vision up for ``sft.warmup_steps`` on short look-and-answer examples
-    (:func:`load_warmup_examples`), train every weight for ``sft.full_steps`` (saved as
+    (:func:`zoomdx_lib.train.sft.warmup_records`), train every weight for ``sft.full_steps`` (saved as
     `models/sft_{mode}_full`), then LoRA per the paper for ``sft.lora_steps`` (adapter
     `models/sft_{mode}_lora`). A real checkpoint skips the first stage. Data come from
     `run_dir/data` (notebook 01). Each stage resumes from its checkpoints.
     """
     run_dir, t0 = Path(run_dir), time.perf_counter()
-    models, cfg, hp = run_dir / "models", profile.sft, profile.hp
+    models, cfg, hp, data_dir = run_dir / "models", profile.sft, profile.hp, run_dir / "data"
     procs = processes(profile.device)   # one process, or `accelerate launch`
     if procs.num_processes > 1 and cfg.engine != "trl":
         raise ValueError(f"SFT over {procs.num_processes} processes needs sft.engine='trl' (the explicit loop "
                          f"runs in one process); got {cfg.engine!r}")
-    base = profile.model.path
-    if base is None:
-        base = models / "tiny_init"
-        if procs.is_main_process and not (base / "config.json").exists():
-            build_tiny_checkpoint(base, profile.model.min_pixels, profile.model.max_pixels, profile.seed,
-                                  **profile.model.tiny)
-        procs.wait_for_everyone()
-    model, processor = load_model_and_processor(base, device=profile.device, **profile.model.pixel_bounds,
-                                                gradient_checkpointing=profile.model.gradient_checkpointing)
-    data_dir = run_dir / "data"
     if cfg.engine not in SFT_ENGINES:
         raise ValueError(f"unknown SFT engine {cfg.engine!r}; use one of {SFT_ENGINES}")
-    records = dialogue_records(data_dir, "train", mode)
-    if cfg.engine == "trl":
-        examples = DialogueDataset(records, data_dir)
-    else:
-        examples = encode_records(records, data_dir, processor, progress, f"encode train ({mode})")
-    full_steps = cfg.full_steps
-    if mode == "single" and cfg.single_turn_steps is not None:
-        full_steps = cfg.single_turn_steps
-
-    def stage(name: str, net, data, steps: int, lr: float, seed: int) -> list[dict]:
-        out_dir = run_dir / "checkpoints" / f"sft_{mode}_{name}"
-        if cfg.engine == "explicit":
-            return train(net, processor, data, steps, cfg.batch_size, lr, out_dir, cfg.checkpoint_every, resume,
-                         seed, warmup=cfg.lr_warmup_steps, progress=progress, callbacks=callbacks,
-                         device=profile.device)
-        opt = trainable_adamw(net, lr)
-        return train_with_trl(net, processor, data, steps, cfg.batch_size, opt,
-                              cosine_schedule(opt, steps, cfg.lr_warmup_steps), out_dir, cfg.checkpoint_every,
-                              resume, seed, profile.device, progress, callbacks)
-
+    base = _sft_start(profile, models, procs)
+    model, processor = load_model_and_processor(base, device=profile.device, **profile.model.pixel_bounds,
+                                                gradient_checkpointing=profile.model.gradient_checkpointing)
+    examples = _sft_data(dialogue_records(data_dir, "train", mode), data_dir, processor, cfg.engine, progress,
+                         f"encode train ({mode})")
+    full_steps = cfg.single_turn_steps if mode == "single" and cfg.single_turn_steps is not None else cfg.full_steps
+    stage = functools.partial(_sft_stage, profile, processor, run_dir / "checkpoints", mode, resume=resume,
+                              progress=progress, callbacks=callbacks)
     hist_full, hist_warmup = [], []
     if full_steps > 0 and cfg.warmup_steps > 0:
-        warm = warmup_records(data_dir, "train", mode)
-        warmup = (DialogueDataset(warm, data_dir) if cfg.engine == "trl"
-                  else encode_records(warm, data_dir, processor, progress, f"encode warm-up ({mode})"))
+        warmup = _sft_data(warmup_records(data_dir, "train", mode), data_dir, processor, cfg.engine, progress,
+                           f"encode warm-up ({mode})")
         torch.manual_seed(profile.seed)
         hist_warmup = stage("warmup", model, warmup, cfg.warmup_steps, cfg.lr_full, profile.seed + 2)
     if full_steps > 0:
         torch.manual_seed(profile.seed)
         hist_full = stage("full", model, examples, full_steps, cfg.lr_full, profile.seed)
         base = models / f"sft_{mode}_full"
-        if procs.is_main_process:
-            model.save_pretrained(base, safe_serialization=True)
-            processor.save_pretrained(base)
-        procs.wait_for_everyone()
+        _save_on_main(procs, base, model, processor)
     torch.manual_seed(profile.seed)
     peft_model = get_peft_model(model, lora_config(hp.lora_rank, hp.lora_alpha, hp.lora_dropout))
     hist_lora = stage("lora", peft_model, examples, cfg.lora_steps, cfg.lr_lora, profile.seed + 1)
     adapter = models / f"sft_{mode}_lora"
-    if procs.is_main_process:
-        peft_model.save_pretrained(adapter, safe_serialization=True)
-    procs.wait_for_everyone()
+    _save_on_main(procs, adapter, peft_model)
     return dict(base=str(base), adapter=str(adapter), history_warmup=hist_warmup, history_full=hist_full,
                 history_lora=hist_lora, seconds=time.perf_counter() - t0, n_examples=len(examples))
+
+
+def _sft_start(profile: Profile, models: Path, procs):
+    """The checkpoint SFT starts from: the profile's, or the tiny model built once into `models/tiny_init`."""
+    if profile.model.path is not None:
+        return profile.model.path
+    base = models / "tiny_init"
+    if procs.is_main_process and not (base / "config.json").exists():
+        build_tiny_checkpoint(base, profile.model.min_pixels, profile.model.max_pixels, profile.seed,
+                              **profile.model.tiny)
+    procs.wait_for_everyone()
+    return base
+
+
+def _sft_data(records: list[dict], data_dir: Path, processor, engine: str, progress: bool, desc: str):
+    """What `engine` trains on: TRL's lazily read :class:`DialogueDataset`, or the explicit loop's encoded examples."""
+    if engine == "trl":
+        return DialogueDataset(records, data_dir)
+    return encode_records(records, data_dir, processor, progress, desc)
+
+
+def _sft_stage(profile: Profile, processor, checkpoints: Path, mode: str, name: str, net, data, steps: int,
+               lr: float, seed: int, resume: bool, progress: bool, callbacks: Sequence[Callable]) -> list[dict]:
+    """One SFT stage (`name`) of `net` through the profile's engine, checkpoints in
+    `checkpoints/sft_{mode}_{name}`; returns its log rows."""
+    cfg, out_dir = profile.sft, checkpoints / f"sft_{mode}_{name}"
+    if cfg.engine == "explicit":
+        return train(net, processor, data, steps, cfg.batch_size, lr, out_dir, cfg.checkpoint_every, resume, seed,
+                     warmup=cfg.lr_warmup_steps, progress=progress, callbacks=callbacks, device=profile.device)
+    opt = trainable_adamw(net, lr)
+    return train_with_trl(net, processor, data, steps, cfg.batch_size, opt,
+                          cosine_schedule(opt, steps, cfg.lr_warmup_steps), out_dir, cfg.checkpoint_every,
+                          resume, seed, profile.device, progress, callbacks)
+
+
+def _save_on_main(procs, path: Path, model, processor=None) -> None:
+    """Save `model` (weights or adapter, safetensors) and `processor` to `path` on the main process only; every
+    process waits until they are written."""
+    if procs.is_main_process:
+        model.save_pretrained(path, safe_serialization=True)
+        if processor is not None:
+            processor.save_pretrained(path)
+    procs.wait_for_everyone()
 
 
 def run_name(variant: str, estimator: str) -> str:
@@ -145,9 +161,7 @@ def run_grpo(profile: Profile, run_dir, variant: str, estimator: str, sft_base: 
         log = train_grpo(model, processor, items, cfg, run_dir / "checkpoints" / name, variant, profile.rollout,
                          profile.hp, profile.seed, resume, progress)
     adapter = run_dir / "models" / name
-    if procs.is_main_process:
-        model.save_pretrained(adapter, safe_serialization=True)
-    procs.wait_for_everyone()
+    _save_on_main(procs, adapter, model)
     return dict(name=name, base=str(sft_base), adapter=str(adapter), log=log, seconds=time.perf_counter() - t0,
                 time_generation_s=sum(r["time_generation_s"] for r in log),
                 time_update_s=sum(r["time_update_s"] for r in log))
