@@ -134,6 +134,7 @@ class SFTConfig:
 
 
 GRPO_ENGINES = ("explicit", "trl")
+LOSS_NORMS = ("sequence", "token", "constant")
 
 
 @dataclass
@@ -150,10 +151,20 @@ class GRPOConfig:
     checkpoint_every: int = 10
     engine: str = "explicit"           # "explicit": the workbook's step; "trl": TRL's GRPOTrainer (same prompts)
     use_vllm: bool = False             # engine "trl" on CUDA: generate with vLLM (colocated) instead of HF generate
+    # Sample efficiency (explicit engine): several clipped updates per batch of rollouts, how the token
+    # losses are averaged, and dynamic sampling (groups whose G rewards are all equal carry no gradient:
+    # drop them and draw replacement prompts, up to `refill_rounds` extra rollout rounds per step).
+    ppo_epochs: int = 1
+    loss_norm: str = "sequence"        # "sequence" (GRPO), "token" (DAPO), "constant" (Dr. GRPO)
+    refill_rounds: int = 0
 
     def __post_init__(self):
         if self.engine not in GRPO_ENGINES:
             raise ValueError(f"unknown GRPO engine {self.engine!r}; choose one of {GRPO_ENGINES}")
+        if self.loss_norm not in LOSS_NORMS:
+            raise ValueError(f"unknown GRPO loss_norm {self.loss_norm!r}; choose one of {LOSS_NORMS}")
+        if self.ppo_epochs < 1:
+            raise ValueError(f"GRPO ppo_epochs must be >= 1, got {self.ppo_epochs}")
 
 
 @dataclass

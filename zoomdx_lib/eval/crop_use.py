@@ -34,7 +34,7 @@ def elsewhere_box(true_box: Sequence[float], size: tuple[float, float], image_si
     else the lowest-IoU draw); deterministic in `key`.
 
     >>> b = elsewhere_box((0, 0, 50, 50), (50, 50), (200, 200), "case-1")
-    >>> iou(b, (0, 0, 50, 50)) < 0.1, b[2] - b[0], b[3] - b[1]
+    >>> iou(b, (0, 0, 50, 50)) < 0.1, round(b[2] - b[0], 6), round(b[3] - b[1], 6)
     (True, 50.0, 50.0)
     """
     W, H = image_size

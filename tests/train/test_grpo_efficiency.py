@@ -1,0 +1,122 @@
+"""GRPO sample-efficiency options: PPO epochs and clipping, loss normalisation, dynamic sampling, health warning."""
+import numpy as np
+import pytest
+import torch
+
+from zoomdx_lib.config import GRPOConfig, RolloutConfig
+from zoomdx_lib.model.load import load_model_and_processor, lora_config
+from zoomdx_lib.rl.rollout import ScriptedPolicy, rollout
+from zoomdx_lib.schema import Sample
+from zoomdx_lib.train.common import trainable_adamw
+from zoomdx_lib.train.grpo import GRPOHealthWarning, _loss_denominator, grpo_step, health_monitor, sequence_logprobs
+
+T1 = '<think>Scan.</think>\n<tool_call>{"bbox_2d": [52, 84, 126, 140]}</tool_call>'
+GOOD = '<think>Dark.</think>\n<answer>{"echo": "Hypoechoic"}</answer>'
+BAD = '<think>Bright.</think>\n<answer>{"echo": "Hyperechoic"}</answer>'
+
+
+def _sample(sid="s"):
+    return Sample(id=sid, image_path="x", box=(60, 96, 144, 160), attribute="echo", label="Hypoechoic", c=1,
+                  organ="liver", question="Analyze the echo feature of the ultrasound image.", image_size=(256, 256))
+
+
+def _peft(tiny_path):
+    from peft import get_peft_model
+    model, processor = load_model_and_processor(tiny_path)
+    torch.manual_seed(0)
+    return get_peft_model(model, lora_config(rank=8, alpha=16)), processor
+
+
+def _reward_good(trajs, sample):
+    r = np.array([1.0 if t.label == "Hypoechoic" else 0.0 for t in trajs])
+    return dict(individual=r, group_term=0.0, answers=[t.label for t in trajs], total=r, loc=r, acc=r, fmt=r,
+                group=np.zeros_like(r))
+
+
+def test_loss_denominators():
+    old = [torch.zeros(3), torch.zeros(5), torch.zeros(0)]
+    roll = RolloutConfig(max_new_tokens=(10, 20))
+    assert _loss_denominator(old, GRPOConfig(loss_norm="sequence"), roll) == 2.0
+    assert _loss_denominator(old, GRPOConfig(loss_norm="token"), roll) == 8.0
+    assert _loss_denominator(old, GRPOConfig(loss_norm="constant"), roll) == 60.0
+    with pytest.raises(ValueError, match="loss_norm"):
+        GRPOConfig(loss_norm="mean")
+    with pytest.raises(ValueError, match="ppo_epochs"):
+        GRPOConfig(ppo_epochs=0)
+
+
+def _one_step(tiny_path, speckle_image, **cfg_kw):
+    """(gain in the rewarded completion's summed log-probability, the step's row) after one GRPO step."""
+    model, processor = _peft(tiny_path)
+    items = [(_sample(), speckle_image)]
+    policy = ScriptedPolicy(processor, [T1], lambda i: GOOD if i % 2 == 0 else BAD)
+    [group] = rollout(items, policy, processor, group_size=8)
+    with torch.no_grad():
+        before = float(sequence_logprobs(model, processor, [group[0]], 0.7)[0].sum())
+    cfg = GRPOConfig(estimator="group", **cfg_kw)
+    torch.manual_seed(0)
+    row = grpo_step(model, processor, items, cfg, trainable_adamw(model, cfg.lr), policy=policy, reward_fn=_reward_good)
+    with torch.no_grad():
+        after = float(sequence_logprobs(model, processor, [group[0]], 0.7)[0].sum())
+    return after - before, row
+
+
+@pytest.mark.parametrize("loss_norm", ["sequence", "token", "constant"])
+def test_every_loss_norm_raises_the_rewarded_completion(tiny_path, speckle_image, loss_norm):
+    gain, row = _one_step(tiny_path, speckle_image, lr=1e-3, loss_norm=loss_norm)
+    assert gain > 0
+    assert row["ratio_max_dev"] < 1e-4 and row["clip_frac"] == 0.0   # one pass: the ratio is 1 exactly
+    assert np.isfinite(row["entropy"]) and row["entropy"] > 0
+    assert 0.0 < row["box_area"] < 1.0
+
+
+def test_ppo_epochs_move_further_and_then_clip(tiny_path, speckle_image):
+    """Within the clip range, four passes over the same rollouts move the policy further than one; at a
+    large learning rate the later passes leave the clip range, and the row says how often."""
+    one, _ = _one_step(tiny_path, speckle_image, lr=2e-4, ppo_epochs=1)
+    four, row = _one_step(tiny_path, speckle_image, lr=2e-4, ppo_epochs=4)
+    assert 0 < one < four and row["ppo_epochs"] == 4 and row["ratio_max_dev"] < 1e-4
+    _, big = _one_step(tiny_path, speckle_image, lr=5e-3, ppo_epochs=3)
+    assert big["clip_frac"] > 0.0
+
+
+def test_dynamic_sampling_refills_groups_without_signal(tiny_path, speckle_image):
+    """A prompt whose 8 rollouts all get the same reward is replaced by a refill prompt that has signal."""
+    model, processor = _peft(tiny_path)
+    flat = {"dead": lambda i: GOOD, "live": lambda i: GOOD if i % 2 == 0 else BAD}
+    calls = []
+
+    class ByPrompt(ScriptedPolicy):   # turn 2 of a row depends on which prompt it belongs to
+        def __call__(self, inputs, turn, max_new_tokens, do_sample, temperature):
+            calls.append(turn)
+            return super().__call__(inputs, turn, max_new_tokens, do_sample, temperature)
+
+    state = {"kind": "dead"}
+    policy = ByPrompt(processor, [T1], lambda i: flat[state["kind"]](i))
+
+    def refill(n):
+        state["kind"] = "live"
+        return [(_sample(f"r{k}"), speckle_image) for k in range(n)]
+
+    cfg = GRPOConfig(lr=1e-3, estimator="group", refill_rounds=2)
+    row = grpo_step(model, processor, [(_sample("d"), speckle_image)], cfg, trainable_adamw(model, cfg.lr),
+                    policy=policy, reward_fn=_reward_good, refill=refill)
+    assert row["refill_prompts"] == 1 and row["no_signal_share"] == 0.0
+    assert calls.count(1) == 2          # one rollout round for the dead prompt, one for its replacement
+    off = grpo_step(model, processor, [(_sample("d"), speckle_image)], GRPOConfig(estimator="group"),
+                    trainable_adamw(model, 1e-3), policy=ByPrompt(processor, [T1], flat["dead"]),
+                    reward_fn=_reward_good)
+    assert off["refill_prompts"] == 0 and off["no_signal_share"] == 1.0
+
+
+def test_health_monitor_warns_once_when_the_format_collapses():
+    check = health_monitor(window=2)
+    for step, v in enumerate([1.0, 0.9, 0.8, 0.7], 1):
+        check({"step": step, "tool_call_valid": v, "answer_valid": 1.0})
+    with pytest.warns(GRPOHealthWarning, match="tool_call_valid"):
+        check({"step": 5, "tool_call_valid": 0.3, "answer_valid": 1.0})
+        check({"step": 6, "tool_call_valid": 0.3, "answer_valid": 1.0})
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check({"step": 7, "tool_call_valid": 0.1, "answer_valid": 1.0})   # warned once already

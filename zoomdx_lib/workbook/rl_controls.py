@@ -1,0 +1,181 @@
+"""Positive controls: GRPO runs whose reward asks for one thing, to prove the RL can move it.
+
+``python -m zoomdx_lib.workbook.rl_controls --control constant|iou|accuracy --steps N --out DIR
+[--run-dir RUN] [--set field=value ...]`` trains GRPO from the zoom SFT adapter of a cpu-chain run folder
+(`--run-dir`; without it the cpu profile's zoom SFT start is trained into ``DIR/sft_start`` once and reused)
+with one control reward (:func:`zoomdx_lib.rl.controls.control_rewards`):
+
+* ``constant``  1 when the answer is the first label of the attribute's vocabulary, whatever the image;
+  read as the share of 8 sampled rollouts (T = 0.7) that give that answer;
+* ``iou``       the IoU of the tool call's box; read as greedy mIoU on c = 1 cases;
+* ``accuracy``  1 for the right answer; read as greedy accuracy on c = 1 cases;
+
+then evaluates the SFT start and the trained adapter on the same fresh cases (liver + breast, a split no
+run uses: :func:`zoomdx_lib.data.fresh.fresh_items`) and prints one JSON line with ``control``, ``steps``,
+``start``, ``end``, ``delta`` and ``delta_ci`` (paired over cases, 95 % bootstrap). Training resumes from
+its checkpoints and each evaluation is cached, so a killed run continues where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from peft import PeftModel
+
+from ..config import Profile, get_profile, parse_key_values
+from ..data.fresh import fresh_items
+from ..data.store import build_synthetic_splits, load_items
+from ..eval.generate import Method, generate_records
+from ..eval.metrics import bootstrap_ci
+from ..io import atomic_write_json
+from ..model.load import load_model_and_processor, load_policy
+from ..rl.controls import CONTROLS, constant_answer, control_score_group
+from ..train.grpo import train_grpo
+from ..train.recipes import run_sft
+
+EVAL_ORGANS = ("liver", "breast")
+
+
+def sft_start(profile: Profile, out_dir, run_dir=None) -> dict:
+    """The zoom SFT start of the controls: {base, adapter, data} of a cpu-chain run folder (`run_dir`), or
+    trained once into ``out_dir/sft_start`` with the profile's data and SFT recipe (resumable, reused)."""
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        full = run_dir / "models" / "sft_zoom_full"
+        start = dict(base=str(full if full.exists() else profile.model.path),
+                     adapter=str(run_dir / "models" / "sft_zoom_lora"), data=str(run_dir / "data"))
+        if not Path(start["adapter"], "adapter_config.json").exists():
+            raise FileNotFoundError(f"{run_dir}: no zoom SFT adapter at models/sft_zoom_lora (run notebook 02 first)")
+        return start
+    start_dir = Path(out_dir) / "sft_start"
+    if not (start_dir / "data" / "splits.json").exists():
+        build_synthetic_splits(profile, start_dir / "data")
+    adapter = start_dir / "models" / "sft_zoom_lora"
+    if (adapter / "adapter_config.json").exists():
+        full = start_dir / "models" / "sft_zoom_full"
+        return dict(base=str(full if full.exists() else profile.model.path), adapter=str(adapter),
+                    data=str(start_dir / "data"))
+    result = run_sft(profile, start_dir, "zoom")
+    return dict(base=result["base"], adapter=result["adapter"], data=str(start_dir / "data"))
+
+
+def train_control(control: str, profile: Profile, start: dict, out_dir, progress: bool = True) -> list[dict]:
+    """GRPO with the control's reward from the SFT start for ``profile.grpo.steps`` steps; the adapter is
+    saved to ``out_dir/adapter``, checkpoints and ``log.jsonl`` go to ``out_dir/checkpoints``."""
+    out_dir = Path(out_dir)
+    model, processor = load_model_and_processor(start["base"], device=profile.device, **profile.model.pixel_bounds)
+    model = PeftModel.from_pretrained(model, start["adapter"], is_trainable=True)
+    items = load_items(start["data"], "train")
+    log = train_grpo(model, processor, items, profile.grpo, out_dir / "checkpoints", variant=f"control:{control}",
+                     rollout_cfg=profile.rollout, hp=profile.hp, seed=profile.seed, progress=progress,
+                     reward_fn=control_score_group(control))
+    model.save_pretrained(out_dir / "adapter", safe_serialization=True)
+    return log
+
+
+def control_values(control: str, records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(per-case value, mask of the cases the control reads) from generation records: the share of
+    rollouts giving the constant answer (every case), or the greedy IoU / hit (c = 1 cases)."""
+    if control == "constant":
+        vals = [np.mean([ro["answer"] == constant_answer(r["attribute"]) for ro in r["rollouts"]]) for r in records]
+        return np.asarray(vals, float), np.ones(len(records), bool)
+    first = [r["rollouts"][0] for r in records]
+    if control == "iou":
+        vals = [f["iou"] for f in first]
+    else:
+        vals = [float(f["answer"] is not None and f["answer"] == r["label"]) for f, r in zip(first, records)]
+    return np.asarray(vals, float), np.array([r["c"] == 1 for r in records])
+
+
+def evaluate_adapter(control: str, profile: Profile, base: str, adapter: str, items, cache, seed: int,
+                     progress: bool = True) -> list[dict]:
+    """Generation records of one adapter on `items` for this control (sampled G rollouts for "constant",
+    greedy otherwise), cached as JSON at `cache` (reused when present)."""
+    cache = Path(cache)
+    if cache.exists():
+        return json.loads(cache.read_text())
+    model, processor = load_policy(base, adapter, device=profile.device, **profile.model.pixel_bounds)
+    mode = "sample" if control == "constant" else "greedy"
+    records = generate_records(Method(Path(adapter).name, "zoom", base, adapter), model, processor, items, mode,
+                               profile.G, profile.hp.temperature, profile.rollout.max_new_tokens,
+                               profile.rollout.crop_pixels, seed, profile.eval.batch_size, progress)
+    atomic_write_json(cache, records)
+    return records
+
+
+def paired_change(control: str, before: Sequence[dict], after: Sequence[dict], n_boot: int = 2000) -> dict:
+    """start, end, delta = end - start and its paired 95 % bootstrap interval over the read cases."""
+    b, mask = control_values(control, before)
+    a, _ = control_values(control, after)
+    b, a = b[mask], a[mask]
+    delta, lo, hi = bootstrap_ci(lambda x, y: float(np.mean(y - x)), b, a, n_boot=n_boot)
+    return dict(start=float(b.mean()), end=float(a.mean()), delta=delta, delta_ci=[lo, hi], n_cases=int(mask.sum()))
+
+
+def curve_summary(log: Sequence[dict], parts: int = 4) -> list[float]:
+    """Mean total reward over `parts` equal stretches of the training curve."""
+    r = np.array([row["reward_total"] for row in log], float)
+    return [float(x.mean()) for x in np.array_split(r, parts) if x.size]
+
+
+def arm_name(control: str, steps: int, overrides: Optional[dict] = None) -> str:
+    """The folder name of one control run: control, steps and a short digest of the overrides.
+
+    >>> arm_name("iou", 60), arm_name("iou", 60, {"grpo__lr": 3e-4}) == arm_name("iou", 60, {"grpo__lr": 3e-4})
+    ('iou_60', True)
+    """
+    if not overrides:
+        return f"{control}_{steps}"
+    digest = hashlib.sha1(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{control}_{steps}_{digest}"
+
+
+def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Optional[dict] = None,
+                n_eval: int = 60, eval_tag: str = "controls", progress: bool = True) -> dict:
+    """Train and evaluate one positive control; returns (and writes to ``out_dir/{control}/result.json``)
+    the result row. `n_eval` fresh cases per organ (liver, breast) from split ``fresh_{eval_tag}``."""
+    if control not in CONTROLS:
+        raise ValueError(f"unknown control {control!r}; choose one of {CONTROLS}")
+    t0 = time.perf_counter()
+    profile = get_profile("cpu", **dict(overrides or {}, grpo__steps=steps))
+    out_dir = Path(out_dir)
+    start = sft_start(profile, out_dir, run_dir)
+    arm = out_dir / arm_name(control, steps, overrides)
+    log = train_control(control, profile, start, arm, progress)
+    items = fresh_items(profile, EVAL_ORGANS, n_eval, eval_tag)
+    seed = profile.seed + 7919
+    before = evaluate_adapter(control, profile, start["base"], start["adapter"], items,
+                              out_dir / f"eval_start_{control}_{eval_tag}_{n_eval}.json", seed, progress)
+    after = evaluate_adapter(control, profile, start["base"], str(arm / "adapter"), items,
+                             arm / f"eval_{eval_tag}_{n_eval}.json", seed, progress)
+    row = dict(control=control, steps=steps, **paired_change(control, before, after),
+               reward_curve=curve_summary(log), overrides={k: v for k, v in (overrides or {}).items()},
+               tool_call_valid_end=float(np.mean([r["rollouts"][0]["tool_error"] is None for r in after])),
+               seconds=time.perf_counter() - t0)
+    atomic_write_json(arm / "result.json", row)
+    return row
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--control", choices=CONTROLS, required=True)
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--out", required=True, help="folder for the SFT start (when no --run-dir), arms and evaluations")
+    ap.add_argument("--run-dir", default=None, help="a cpu-chain run folder whose zoom SFT adapter is the start")
+    ap.add_argument("--n-eval", type=int, default=60, help="fresh cases per organ (liver, breast)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="stage__field=value",
+                    help="profile overrides, e.g. grpo__lr=3e-4 grpo__ppo_epochs=4")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    row = run_control(args.control, args.steps, args.out, args.run_dir, parse_key_values(args.set), args.n_eval,
+                      progress=not args.no_progress)
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The RL study: the paper's RL claims decided over several seeds on fresh cases, with their power.
+
+``python -m zoomdx_lib.workbook.rl_study --out runs/rl_study --seeds 0,1,2`` (``make rl-study``). Per seed:
+one zoom SFT start (the cpu profile's data and SFT recipe at that seed), then three GRPO arms from it —
+accuracy-only, uncertainty with the credit estimator, and the paper-literal uncertainty-group — each for
+the study's steps with the study's recipe (:data:`STUDY_RECIPE`); then the SFT start and the arms are
+evaluated on fresh cases (``--n-eval`` per organ: liver, breast and the zero-shot thyroid; greedy for
+Acc / mIoU, 8 sampled rollouts for SAcc / Align / ECE / Gap), and turn 2 is re-answered from other crops
+(:mod:`zoomdx_lib.eval.crop_use`). The claims are pooled over seeds with
+:func:`zoomdx_lib.eval.claims.claims_over_runs`, each with its interval's half-width, the smallest effect
+the study could detect and the cases it would need to decide (:func:`power_row`).
+
+Every arm resumes from its checkpoints and every evaluation is cached, so a killed study continues where
+it stopped (``nohup make rl-study &`` runs it in the background); ``summary.json``, ``claims.md`` and
+``crop_use.csv`` are rewritten after each seed, so a partial study can be read.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+from peft import PeftModel
+
+from ..config import Profile, get_profile, parse_key_values
+from ..data.fresh import fresh_items
+from ..data.store import load_items
+from ..eval.claims import CLAIMS, claims_over_runs
+from ..eval.crop_use import crop_use_records, crop_use_summary
+from ..eval.generate import Method, evaluate_methods
+from ..io import atomic_write_json, atomic_write_text, progress as progress_bar
+from ..model.load import load_model_and_processor, load_policy
+from ..train.grpo import train_grpo
+from ..train.loop import read_log
+from .rl_controls import sft_start
+
+# arm name (as the claims name the methods) -> (reward variant, advantage estimator)
+ARMS = {"grpo_accuracy_only": ("accuracy_only", "credit"),
+        "grpo_uncertainty_credit": ("uncertainty", "credit"),
+        "grpo_uncertainty_group": ("uncertainty", "group")}
+ORGANS = ("liver", "breast", "thyroid")
+RL_CLAIMS = tuple(c for c in CLAIMS if c.worse != "single_turn_sft")
+# The recipe the positive controls chose (docs/rl.md): several clipped passes per batch of rollouts,
+# a larger learning rate held by a KL to the SFT policy, and refilled groups with no signal.
+STUDY_RECIPE = dict(grpo__steps=60, grpo__lr=3e-4, grpo__ppo_epochs=2, grpo__beta=0.04, grpo__refill_rounds=1)
+# Deciding thresholds of the issue: a claim is decided when its interval excludes 0 or is this narrow.
+DECIDE_HALF_WIDTH = {"align": 0.05, "gap": 0.08, "ece10": 0.03}
+Z_ALPHA, Z_POWER = 1.96, 0.84   # two-sided 5 % test, 80 % power
+
+
+def train_arm(name: str, profile: Profile, start: dict, seed_dir: Path, progress: bool = True) -> str:
+    """Train one GRPO arm from the SFT start (resumable); returns its adapter folder."""
+    variant, estimator = ARMS[name]
+    adapter = seed_dir / "models" / name
+    ckpt = seed_dir / "checkpoints" / name
+    if (adapter / "adapter_config.json").exists() and len(read_log(ckpt)) >= profile.grpo.steps:
+        return str(adapter)
+    model, processor = load_model_and_processor(start["base"], device=profile.device, **profile.model.pixel_bounds)
+    model = PeftModel.from_pretrained(model, start["adapter"], is_trainable=True)
+    cfg = dataclasses.replace(profile.grpo, estimator=estimator)
+    train_grpo(model, processor, load_items(start["data"], "train"), cfg, ckpt, variant, profile.rollout,
+               profile.hp, profile.seed, progress=progress)
+    model.save_pretrained(adapter, safe_serialization=True)
+    return str(adapter)
+
+
+def flatness(log: Sequence[dict], key: str = "reward_total") -> dict:
+    """Mean of `key` over the third and the last quarter of a curve and their difference: a curve has
+    flattened when the last quarter gains little over the third."""
+    r = np.array([row[key] for row in log], float)
+    q = np.array_split(r, 4) if r.size >= 4 else [r] * 4
+    return dict(q3=float(q[2].mean()), q4=float(q[3].mean()), gain_q4_vs_q3=float(q[3].mean() - q[2].mean()))
+
+
+def power_row(row: dict) -> dict:
+    """Half-width of a claim's 95 % interval, the smallest effect its n detects at 80 % power, and the cases
+    the study would need to decide it (interval half-width at the deciding threshold, or excluding 0 at
+    the observed effect), from a claims row with delta, low, high and n.
+
+    >>> r = power_row(dict(metric="align", delta=0.02, low=-0.08, high=0.12, n=360))
+    >>> round(r["half_width"], 3), round(r["min_detectable"], 3), r["n_to_decide"]
+    (0.1, 0.143, 1440)
+    """
+    hw = (row["high"] - row["low"]) / 2
+    out = dict(half_width=hw, min_detectable=hw * (Z_ALPHA + Z_POWER) / Z_ALPHA, n_to_decide=None)
+    if not np.isfinite(hw) or not row.get("n"):
+        return out
+    target = DECIDE_HALF_WIDTH.get(row["metric"])
+    decided = row["low"] > 0 or row["high"] < 0 or (target is not None and hw <= target)
+    if decided:
+        out["n_to_decide"] = int(row["n"])
+        return out
+    need = [row["n"] * (hw / target) ** 2] if target else []
+    if abs(row["delta"]) > 0:   # the n at which the observed effect would exclude 0
+        need.append(row["n"] * (hw / abs(row["delta"])) ** 2)
+    out["n_to_decide"] = int(np.ceil(min(need))) if need else None
+    return out
+
+
+def study_datasets(profile: Profile, n_eval: int) -> dict:
+    """{"test_liver" | "test_breast" | "test_thyroid": fresh cases} for one seed's profile."""
+    return {f"test_{o}": fresh_items(profile, [o], n_eval, "rl_study") for o in ORGANS}
+
+
+def crop_use(methods: Sequence[Method], datasets: dict, profile: Profile, cache, n_crop: int,
+             progress: bool = True) -> list[dict]:
+    """Crop-use rows (method, source, acc_c1, acc_all, changed) on the first `n_crop` cases of each training
+    organ, cached as JSON at `cache`."""
+    cache = Path(cache)
+    if cache.exists():
+        return json.loads(cache.read_text())
+    items = [it for name in ("test_liver", "test_breast") for it in datasets[name][:n_crop]]
+    rows = []
+    for m in methods:
+        model, processor = load_policy(m.base, m.adapter, profile.device, **profile.model.pixel_bounds)
+        recs = crop_use_records(model, processor, items, profile.rollout.max_new_tokens, profile.rollout.crop_pixels,
+                                batch_size=profile.eval.batch_size, progress=progress)
+        rows += [dict(method=m.name, **r) for r in crop_use_summary(recs)]
+    atomic_write_json(cache, rows)
+    return rows
+
+
+def run_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, progress: bool = True) -> dict:
+    """One seed of the study: SFT start, the three arms, evaluations; returns {results, eval_seed, curves,
+    crop_use, seconds}."""
+    t0 = time.perf_counter()
+    profile = get_profile("cpu", seed=seed, **overrides)
+    seed_dir = Path(out_dir) / f"seed{seed}"
+    start = sft_start(profile, seed_dir)
+    methods = [Method("zoom_sft", "zoom", start["base"], start["adapter"])]
+    for name in progress_bar(ARMS, progress, desc=f"seed {seed}: arms"):
+        methods.append(Method(name, "zoom", start["base"], train_arm(name, profile, start, seed_dir, progress)))
+    datasets = study_datasets(profile, n_eval)
+    eval_seed = 1000 + seed
+    results = evaluate_methods(methods, datasets, profile, seed_dir / "generations", modes=("greedy", "sample"),
+                               seeds=(eval_seed,), progress=progress)
+    curves = {name: read_log(seed_dir / "checkpoints" / name) for name in ARMS}
+    rows = crop_use(methods, datasets, profile, seed_dir / f"crop_use_{n_crop}.json", n_crop, progress)
+    return dict(results=results, eval_seed=eval_seed, curves=curves, crop_use=rows,
+                seconds=time.perf_counter() - t0)
+
+
+def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
+    """Pool the finished seeds: claims with power, crop use and curves' flatness, written to `out_dir`
+    (claims.md / claims.csv, crop_use.csv, summary.json). Returns the summary dict."""
+    out_dir = Path(out_dir)
+    runs = {f"seed{s}": (r["results"], r["eval_seed"]) for s, r in seeds.items()}
+    datasets = [f"test_{o}" for o in ORGANS]
+    rows = [dict(r, **power_row(r)) for r in claims_over_runs(runs, datasets, n_boot=n_boot, claims=RL_CLAIMS)
+            if r["verdict"] != "not measured"]
+    for r in rows:
+        target = DECIDE_HALF_WIDTH.get(r["metric"])
+        r["decided"] = bool(r["low"] > 0 or r["high"] < 0 or (target is not None and r["half_width"] <= target))
+    claims = pd.DataFrame(rows)
+    cols = ["claim", "dataset", "metric", "runs", "n", "delta", "low", "high", "per_run", "agree", "verdict",
+            "half_width", "min_detectable", "n_to_decide", "decided"]
+    atomic_write_text(out_dir / "claims.md", claims[cols].round(3).to_markdown(index=False) + "\n")
+    claims[cols].to_csv(out_dir / "claims.csv", index=False)
+    crop = pd.DataFrame([dict(seed=s, **row) for s, r in seeds.items() for row in r["crop_use"]])
+    crop.to_csv(out_dir / "crop_use.csv", index=False)
+    summary = dict(seeds=sorted(seeds), claims=rows, crop_use=crop.to_dict("records"),
+                   flatness={f"seed{s}/{a}": flatness(log) for s, r in seeds.items() for a, log in r["curves"].items()},
+                   seconds={f"seed{s}": r["seconds"] for s, r in seeds.items()},
+                   decided=int(sum(r["decided"] for r in rows)), claims_total=len(rows))
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def run_study(out_dir, seeds: Sequence[int] = (0, 1, 2), overrides: Optional[dict] = None, n_eval: int = 120,
+              n_crop: int = 60, progress: bool = True) -> dict:
+    """Every seed (resumable), summarised after each one; returns the final summary."""
+    overrides = dict(STUDY_RECIPE, **(overrides or {}))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "study.json", dict(seeds=list(seeds), overrides=overrides, n_eval=n_eval, n_crop=n_crop))
+    done, summary = {}, {}
+    for seed in seeds:
+        done[seed] = run_seed(seed, out_dir, overrides, n_eval, n_crop, progress)
+        summary = summarise(done, out_dir)
+    return summary
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="runs/rl_study")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated chain seeds")
+    ap.add_argument("--n-eval", type=int, default=120, help="fresh cases per organ (liver, breast, thyroid)")
+    ap.add_argument("--n-crop", type=int, default=60, help="cases per training organ for the crop-use check")
+    ap.add_argument("--set", nargs="*", default=[], metavar="stage__field=value",
+                    help=f"profile overrides on top of the study recipe {STUDY_RECIPE}")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    summary = run_study(args.out, [int(s) for s in args.seeds.split(",")], parse_key_values(args.set), args.n_eval,
+                        args.n_crop, progress=not args.no_progress)
+    print(json.dumps({k: summary[k] for k in ("seeds", "decided", "claims_total", "seconds")}))
+
+
+if __name__ == "__main__":
+    main()
