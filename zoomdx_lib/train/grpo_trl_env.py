@@ -14,13 +14,11 @@ from collections.abc import Callable, Sequence
 import datasets
 from PIL import Image
 
-from ..geometry import model_input_size, processor_pixel_bounds
+from ..geometry import MIN_SIDE, model_input_size, processor_pixel_bounds
 from ..protocol import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ZOOM_TEXT, single_turn_messages
 from ..rl.zoom import zoom
 
-__all__ = ["MIN_SIDE", "ZoomEnvironment", "environment_factory", "prompt_dataset"]
-
-MIN_SIDE = 28.0   # the rollout's box clean-up (model-input pixels), as in zoomdx_lib.rl.rollout.rollout
+__all__ = ["ZoomEnvironment", "environment_factory", "prompt_dataset"]
 
 
 class ZoomEnvironment:

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..config import PAPER, PaperHyperParams
+from ..geometry import MIN_SIDE
 from ..protocol import Answer, extract_answer, parse_tool_call
 from ..rl.advantages import compute_advantages, credit_group_term
 from ..rl.rewards import score_group
 from ..rl.rollout import Trajectory
 from .grpo import _log_row
-from .grpo_trl_env import MIN_SIDE, ZoomEnvironment
+from .grpo_trl_env import ZoomEnvironment
 
 __all__ = ["ScoredBatch", "ZoomRewards", "step_row", "trajectory_from_completion"]
 
