@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PUBLISH := $(if $(filter cpu,$(PROFILE)),--publish-figures figures,)
 
-.PHONY: install workbook test lab bench base gpu-smoke clean-runs results
+.PHONY: install workbook test lab bench base gpu-smoke clean-runs rl-controls rl-study results
 
 # Bootstraps .venv when missing; re-runs pip only when pyproject.toml changed (idempotent).
 $(VENV)/.installed: pyproject.toml
@@ -49,3 +49,14 @@ clean-runs:
 # On a CUDA machine: Qwen2.5-VL-7B's architecture with random weights, 2 SFT + 2 GRPO steps at the paper's sizes.
 gpu-smoke: install
 	$(PY) -m zoomdx_lib.workbook.gpu_smoke $(ARGS)
+
+# The positive controls (GRPO rewarding one constant answer, the box's IoU, or accuracy) from the cpu profile's
+# zoom SFT start, trained once into runs/rl/sft_start; each prints one JSON line (docs/rl.md).
+rl-controls: install
+	for c in constant iou accuracy; do $(PY) -m zoomdx_lib.workbook.rl_controls --control $$c --steps 60 --out runs/rl \
+		--set grpo__lr=3e-4 grpo__ppo_epochs=2 grpo__beta=0.04 grpo__refill_rounds=1 $(ARGS) || exit 1; done
+
+# The RL study: per seed an SFT start and three GRPO arms, evaluated on 120 fresh cases per organ; resumable,
+# hours on 2 cores (nohup make rl-study &). Notebook 06 reads runs/rl_study.
+rl-study: install
+	$(PY) -m zoomdx_lib.workbook.rl_study --out runs/rl_study --seeds 0,1,2 $(ARGS)

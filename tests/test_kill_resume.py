@@ -23,7 +23,7 @@ from zoomdx_lib.train.checkpoints import latest_checkpoint
 from zoomdx_lib.workbook.runner import REPO_ROOT
 
 NOTEBOOKS = ["00_pretrain_base", "01_data_construction", "02_sft_zoom_then_diagnose", "03_grpo_uncertainty_alignment",
-             "04_calibration_analysis", "05_rollout_browser"]
+             "04_calibration_analysis", "05_rollout_browser", "06_rl_study"]
 
 
 def start_runner(run: Path, log: Path) -> subprocess.Popen:

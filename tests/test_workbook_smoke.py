@@ -17,7 +17,7 @@ from zoomdx_lib.workbook.rundir import read_metrics
 from zoomdx_lib.workbook.runner import run_chain  # smoke_run: tests/conftest.py
 
 NOTEBOOKS = ["00_pretrain_base", "01_data_construction", "02_sft_zoom_then_diagnose", "03_grpo_uncertainty_alignment",
-             "04_calibration_analysis", "05_rollout_browser"]
+             "04_calibration_analysis", "05_rollout_browser", "06_rl_study"]
 
 
 @pytest.mark.slow
@@ -56,6 +56,12 @@ def test_every_notebook_ran_and_wrote_metrics(smoke_run):
     # 256 px originals barely exceed the 224 px full view; at 512 px the crop samples the lesion finer
     assert m01["zoom_gain"]["256 px"]["median"] == 1.14 and m01["zoom_gain"]["512 px"]["median"] > 1.5
     assert m01["speckle_grain"]["synthetic breast, 512 px native detail"]["n"] > 0
+    m06 = read_metrics(run, "06_rl_study")   # the miniature study: one seed, every RL claim row measured
+    assert m06["seeds"] == [0] and 0 < m06["claims_total"] <= 28 and 0 <= m06["claims_decided"] <= m06["claims_total"]
+    study = json.loads((run / "rl_study" / "summary.json").read_text())
+    assert {r["method"] for r in study["crop_use"]} == {"zoom_sft", "grpo_accuracy_only", "grpo_uncertainty_credit",
+                                                        "grpo_uncertainty_group"}
+    assert all(r["n"] == 2 for r in study["crop_use"]) and all(r["runs"] == 1 for r in study["claims"])
     m03 = read_metrics(run, "03_grpo_uncertainty_alignment")
     assert {"grpo_accuracy_only", "grpo_uncertainty_credit", "grpo_uncertainty_group"} <= set(m03["models"])
     assert m03["engine"] == "explicit"

@@ -255,4 +255,3 @@ def score_group(trajs: Sequence[Any], sample, variant: str = "uncertainty", hp: 
         raise ValueError(f"unknown GRPO variant {variant!r}; choose one of {VARIANTS}")
     comp["answers"] = [r["answer"] for r in rolls]
     return comp
-

@@ -36,7 +36,9 @@ from ..io import atomic_write_json
 from ..model.load import load_model_and_processor, load_policy
 from ..rl.controls import CONTROLS, constant_answer, control_score_group
 from ..train.grpo import train_grpo
+from ..train.loop import read_log
 from ..train.recipes import run_sft
+from .viz_rl import CURVE_KEYS
 
 EVAL_ORGANS = ("liver", "breast")
 
@@ -161,6 +163,21 @@ def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Opti
     return row
 
 
+def collect_controls(out_dir) -> list[dict]:
+    """Every finished control under `out_dir` (``*/result.json``) with its training curve (the plotted keys),
+    written to ``out_dir/controls.json``; returns the rows, ordered by control and name."""
+    out_dir = Path(out_dir)
+    rows = []
+    for result in sorted(out_dir.glob("*/result.json")):
+        row = dict(json.loads(result.read_text()), name=result.parent.name)
+        log = read_log(result.parent / "checkpoints")
+        row["curve"] = [{k: r.get(k) for k in ("step", *CURVE_KEYS)} for r in log]
+        rows.append(row)
+    rows.sort(key=lambda r: (CONTROLS.index(r["control"]), r["name"]))
+    atomic_write_json(out_dir / "controls.json", rows)
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--control", choices=CONTROLS, required=True)
@@ -174,6 +191,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     row = run_control(args.control, args.steps, args.out, args.run_dir, parse_key_values(args.set), args.n_eval,
                       progress=not args.no_progress)
+    collect_controls(args.out)
     print(json.dumps(row))
 
 

@@ -38,6 +38,7 @@ from ..model.load import load_model_and_processor, load_policy
 from ..train.grpo import train_grpo
 from ..train.loop import read_log
 from .rl_controls import sft_start
+from .viz_rl import CURVE_KEYS
 
 # arm name (as the claims name the methods) -> (reward variant, advantage estimator)
 ARMS = {"grpo_accuracy_only": ("accuracy_only", "credit"),
@@ -98,7 +99,7 @@ def power_row(row: dict) -> dict:
     need = [row["n"] * (hw / target) ** 2] if target else []
     if abs(row["delta"]) > 0:   # the n at which the observed effect would exclude 0
         need.append(row["n"] * (hw / abs(row["delta"])) ** 2)
-    out["n_to_decide"] = int(np.ceil(min(need))) if need else None
+    out["n_to_decide"] = int(np.ceil(min(need) - 1e-9)) if need else None
     return out
 
 
@@ -125,11 +126,12 @@ def crop_use(methods: Sequence[Method], datasets: dict, profile: Profile, cache,
     return rows
 
 
-def run_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, progress: bool = True) -> dict:
+def run_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, progress: bool = True,
+             profile_name: str = "cpu") -> dict:
     """One seed of the study: SFT start, the three arms, evaluations; returns {results, eval_seed, curves,
     crop_use, seconds}."""
     t0 = time.perf_counter()
-    profile = get_profile("cpu", seed=seed, **overrides)
+    profile = get_profile(profile_name, seed=seed, **overrides)
     seed_dir = Path(out_dir) / f"seed{seed}"
     start = sft_start(profile, seed_dir)
     methods = [Method("zoom_sft", "zoom", start["base"], start["adapter"])]
@@ -168,21 +170,36 @@ def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
                    seconds={f"seed{s}": r["seconds"] for s, r in seeds.items()},
                    decided=int(sum(r["decided"] for r in rows)), claims_total=len(rows))
     atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_json(out_dir / "curves.json", {f"seed{s}/{a}": [{k: row.get(k) for k in ("step", *CURVE_KEYS)} for row in log]
+                                               for s, r in seeds.items() for a, log in r["curves"].items()})
     return summary
 
 
 def run_study(out_dir, seeds: Sequence[int] = (0, 1, 2), overrides: Optional[dict] = None, n_eval: int = 120,
-              n_crop: int = 60, progress: bool = True) -> dict:
-    """Every seed (resumable), summarised after each one; returns the final summary."""
+              n_crop: int = 60, progress: bool = True, profile_name: str = "cpu") -> dict:
+    """Every seed (resumable), summarised after each one; returns the final summary. `overrides` go on top of
+    :data:`STUDY_RECIPE` and the profile (`profile_name`, "cpu" by default; notebook 06's smoke run uses
+    "smoke" with one GRPO step to check the plumbing)."""
     overrides = dict(STUDY_RECIPE, **(overrides or {}))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "study.json", dict(seeds=list(seeds), overrides=overrides, n_eval=n_eval, n_crop=n_crop))
+    atomic_write_json(out_dir / "study.json", dict(seeds=list(seeds), profile=profile_name, overrides=overrides,
+                                                   n_eval=n_eval, n_crop=n_crop))
     done, summary = {}, {}
     for seed in seeds:
-        done[seed] = run_seed(seed, out_dir, overrides, n_eval, n_crop, progress)
+        done[seed] = run_seed(seed, out_dir, overrides, n_eval, n_crop, progress, profile_name)
         summary = summarise(done, out_dir)
     return summary
+
+
+def load_study(folder) -> dict:
+    """What a study folder (or its committed copy) holds: {study, summary, claims (DataFrame), crop_use
+    (DataFrame), curves {seedS/arm: log rows}}; missing parts are empty."""
+    folder = Path(folder)
+    read = lambda name: json.loads((folder / name).read_text()) if (folder / name).exists() else {}  # noqa: E731
+    frame = lambda name: pd.read_csv(folder / name) if (folder / name).exists() else pd.DataFrame()  # noqa: E731
+    return dict(study=read("study.json"), summary=read("summary.json"), claims=frame("claims.csv"),
+                crop_use=frame("crop_use.csv"), curves=read("curves.json"))
 
 
 def main(argv=None) -> None:
@@ -193,10 +210,11 @@ def main(argv=None) -> None:
     ap.add_argument("--n-crop", type=int, default=60, help="cases per training organ for the crop-use check")
     ap.add_argument("--set", nargs="*", default=[], metavar="stage__field=value",
                     help=f"profile overrides on top of the study recipe {STUDY_RECIPE}")
+    ap.add_argument("--profile", default="cpu", help="the profile under the study recipe (cpu; smoke to check plumbing)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     summary = run_study(args.out, [int(s) for s in args.seeds.split(",")], parse_key_values(args.set), args.n_eval,
-                        args.n_crop, progress=not args.no_progress)
+                        args.n_crop, progress=not args.no_progress, profile_name=args.profile)
     print(json.dumps({k: summary[k] for k in ("seeds", "decided", "claims_total", "seconds")}))
 
 
