@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from PIL import Image
 
-from ..geometry import model_box, model_input_size, processor_pixel_bounds
+from ..geometry import MIN_SIDE, model_box, model_input_size, processor_pixel_bounds
 from ..io import progress as progress_bar
 from ..model import chat
 from .. import protocol as P
@@ -156,7 +156,7 @@ class ScriptedPolicy:
 
 def rollout(items: Sequence[tuple], policy, processor, group_size: int = 1, do_sample: bool = False,
             temperature: float = 0.7, max_new_tokens: tuple[int, int] = (64, 64), crop_pixels: int = 112 * 112,
-            min_side: float = 28.0, rows_per_call: int = 64, progress: bool = False,
+            min_side: float = MIN_SIDE, rows_per_call: int = 64, progress: bool = False,
             crop_fn: Optional[CropFn] = None) -> list[list[Trajectory]]:
     """Run Zoom-then-Diagnose rollouts.
 
@@ -165,6 +165,7 @@ def rollout(items: Sequence[tuple], policy, processor, group_size: int = 1, do_s
     the crop is taken from the original-resolution image at the parsed box. `crop_fn(sample, image,
     call, crop)`, when given, replaces the image returned to turn 2 after a valid call (the crop-use
     check: the true crop, a blank one, a crop elsewhere); the trajectory keeps its own box.
+    Long because the two turns and the crop between them are one batched pipeline, read top to bottom.
     """
     tok = processor.tokenizer
     eos_id = tok.convert_tokens_to_ids("<|im_end|>")

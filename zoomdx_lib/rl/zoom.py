@@ -11,12 +11,12 @@ from typing import Optional
 
 from PIL import Image
 
-from ..geometry import crop_image
+from ..geometry import MIN_SIDE, crop_image
 from ..protocol import ToolCall, parse_tool_call
 
 
 def zoom(text: str, image: Image.Image, model_size: tuple[int, int], target_pixels: int,
-         min_side: float = 28.0, pad_frac: float = 0.0, factor: int = 28,
+         min_side: float = MIN_SIDE, pad_frac: float = 0.0, factor: int = 28,
          min_pixels: Optional[int] = None, max_pixels: Optional[int] = None
          ) -> tuple[ToolCall, Optional[Image.Image]]:
     """Run the zoom tool on a turn-1 text: parse the call, crop the original image.

@@ -52,6 +52,7 @@ STUDY_RECIPE = dict(grpo__steps=60, grpo__lr=3e-4, grpo__ppo_epochs=2, grpo__bet
 # Deciding thresholds of the issue: a claim is decided when its interval excludes 0 or is this narrow.
 DECIDE_HALF_WIDTH = {"align": 0.05, "gap": 0.08, "ece10": 0.03}
 Z_ALPHA, Z_POWER = 1.96, 0.84   # two-sided 5 % test, 80 % power
+MIN_CASES = 30   # below this a bootstrap interval is no evidence either way: nothing is decided
 
 
 def train_arm(name: str, profile: Profile, start: dict, seed_dir: Path, progress: bool = True) -> str:
@@ -78,6 +79,19 @@ def flatness(log: Sequence[dict], key: str = "reward_total") -> dict:
     return dict(q3=float(q[2].mean()), q4=float(q[3].mean()), gain_q4_vs_q3=float(q[3].mean() - q[2].mean()))
 
 
+def decided_claim(row: dict, half_width: float) -> bool:
+    """A claim is decided when its interval excludes 0, or when it is a powered null (half-width at most the
+    metric's :data:`DECIDE_HALF_WIDTH`); never on fewer than :data:`MIN_CASES` cases.
+
+    >>> decided_claim(dict(metric="align", low=0.01, high=0.2, n=120), 0.095), decided_claim(dict(metric="align", low=0.0, high=0.0, n=2), 0.0)
+    (True, False)
+    """
+    if not row.get("n") or row["n"] < MIN_CASES or not np.isfinite(half_width):
+        return False
+    target = DECIDE_HALF_WIDTH.get(row["metric"])
+    return bool(row["low"] > 0 or row["high"] < 0 or (target is not None and half_width <= target))
+
+
 def power_row(row: dict) -> dict:
     """Half-width of a claim's 95 % interval, the smallest effect its n detects at 80 % power, and the cases
     the study would need to decide it (interval half-width at the deciding threshold, or excluding 0 at
@@ -92,8 +106,7 @@ def power_row(row: dict) -> dict:
     if not np.isfinite(hw) or not row.get("n"):
         return out
     target = DECIDE_HALF_WIDTH.get(row["metric"])
-    decided = row["low"] > 0 or row["high"] < 0 or (target is not None and hw <= target)
-    if decided:
+    if decided_claim(row, hw):
         out["n_to_decide"] = int(row["n"])
         return out
     need = [row["n"] * (hw / target) ** 2] if target else []
@@ -156,8 +169,7 @@ def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
     rows = [dict(r, **power_row(r)) for r in claims_over_runs(runs, datasets, n_boot=n_boot, claims=RL_CLAIMS)
             if r["verdict"] != "not measured"]
     for r in rows:
-        target = DECIDE_HALF_WIDTH.get(r["metric"])
-        r["decided"] = bool(r["low"] > 0 or r["high"] < 0 or (target is not None and r["half_width"] <= target))
+        r["decided"] = decided_claim(r, r["half_width"])
     claims = pd.DataFrame(rows)
     cols = ["claim", "dataset", "metric", "runs", "n", "delta", "low", "high", "per_run", "agree", "verdict",
             "half_width", "min_detectable", "n_to_decide", "decided"]

@@ -58,8 +58,8 @@ def claims_intervals(claims: pd.DataFrame, thresholds: Optional[dict] = None, sa
         y = np.arange(len(part))
         colors = ["tab:green" if v == "supported" else "tab:red" if v == "contradicted" else "tab:gray"
                   for v in part["verdict"]]
-        ax.errorbar(part["delta"], y, xerr=[part["delta"] - part["low"], part["high"] - part["delta"]], fmt="none",
-                    ecolor=colors, capsize=3)
+        for yi, (d, lo, hi, color) in enumerate(zip(part["delta"], part["low"], part["high"], colors)):
+            ax.errorbar([d], [yi], xerr=[[d - lo], [hi - d]], fmt="none", ecolor=color, capsize=3)
         ax.scatter(part["delta"], y, c=colors, zorder=3, s=18)
         ax.axvline(0, color="k", lw=0.8)
         if thresholds and metric in thresholds:
