@@ -1,7 +1,6 @@
 """Positive controls: the constant-answer control's share rises under GRPO; result rows and pairing."""
 import json
 
-import numpy as np
 import pytest
 
 from zoomdx_lib.rl.controls import constant_answer
@@ -39,21 +38,58 @@ def test_paired_change_is_paired_over_cases():
         rl_controls.run_control("format", 1, "unused")
 
 
+def test_constant_reward_drives_the_update_towards_the_constant_answer(tiny_path, speckle_image):
+    """One GRPO step with the constant control's reward on rollouts that answer the constant label or another:
+    the constant answer's trajectory gains log-probability relative to the other's."""
+    import torch
+    from peft import get_peft_model
+
+    from zoomdx_lib.config import GRPOConfig
+    from zoomdx_lib.model.load import load_model_and_processor, lora_config
+    from zoomdx_lib.rl.controls import control_score_group
+    from zoomdx_lib.rl.rollout import ScriptedPolicy, rollout
+    from zoomdx_lib.schema import Sample
+    from zoomdx_lib.train.common import trainable_adamw
+    from zoomdx_lib.train.grpo import grpo_step, sequence_logprobs
+
+    t1 = '<think>Scan.</think>\n<tool_call>{"bbox_2d": [52, 84, 126, 140]}</tool_call>'
+    const = f'<think>Look.</think>\n<answer>{{"echo": "{constant_answer("echo")}"}}</answer>'
+    other = '<think>Look.</think>\n<answer>{"echo": "Hyperechoic"}</answer>'
+    sample = Sample(id="s", image_path="x", box=(60, 96, 144, 160), attribute="echo", label="Hyperechoic", c=1,
+                    organ="liver", question="Analyze the echo feature of the ultrasound image.", image_size=(256, 256))
+    model, processor = load_model_and_processor(tiny_path)
+    torch.manual_seed(0)
+    model = get_peft_model(model, lora_config(rank=8, alpha=16))
+    policy = ScriptedPolicy(processor, [t1], lambda i: const if i % 2 == 0 else other)
+    items = [(sample, speckle_image)]
+    [group] = rollout(items, policy, processor, group_size=8)
+    with torch.no_grad():
+        before = [float(lp.sum()) for lp in sequence_logprobs(model, processor, group[:2], 0.7)]
+    row = grpo_step(model, processor, items, GRPOConfig(lr=1e-3, estimator="group"), trainable_adamw(model, 1e-3),
+                    policy=policy, reward_fn=control_score_group("constant"))
+    with torch.no_grad():
+        after = [float(lp.sum()) for lp in sequence_logprobs(model, processor, group[:2], 0.7)]
+    assert row["reward_total"] == 0.5            # half the rollouts gave the constant answer (the label is another)
+    # what the sampled share follows: the constant answer's log-likelihood relative to the other one
+    assert after[0] - after[1] > before[0] - before[1] + 0.1
+
+
 @pytest.mark.slow
-def test_constant_control_share_rises(tmp_path, capsys):
-    """From the shipped base's short zoom SFT start, 12 GRPO steps rewarding one constant answer raise the
-    share of sampled rollouts that give it, on fresh cases; the command prints the result row; a rerun
-    resumes (nothing retrained) and gives the same row."""
-    args = ["--control", "constant", "--steps", "12", "--out", str(tmp_path), "--n-eval", "6", "--no-progress",
+def test_control_command_prints_its_row_and_resumes(tmp_path, capsys):
+    """The command end to end at a miniature size: an SFT start trained into --out, GRPO with the constant
+    reward, both adapters evaluated on the same fresh cases, one JSON row printed; a rerun retrains nothing
+    and prints the same row. (Whether the share rises is measured at the cpu profile's size: docs/rl.md.)"""
+    args = ["--control", "constant", "--steps", "3", "--out", str(tmp_path), "--n-eval", "2", "--no-progress",
             "--set", *[f"{k}={json.dumps(v)}" for k, v in SMALL.items()]]
     rl_controls.main(args)
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"control", "steps", "start", "end", "delta", "delta_ci"} <= set(row)
-    assert row["control"] == "constant" and row["steps"] == 12 and row["n_cases"] == 12
-    assert row["end"] > row["start"] + 0.15 and row["delta_ci"][0] > 0, row
-    arm = tmp_path / rl_controls.arm_name("constant", 12, {k: v for k, v in SMALL.items()})
+    assert row["control"] == "constant" and row["steps"] == 3 and row["n_cases"] == 4
+    assert 0 <= row["start"] <= 1 and 0 <= row["end"] <= 1 and row["delta_ci"][0] <= row["delta"] <= row["delta_ci"][1]
+    arm = tmp_path / rl_controls.arm_name("constant", 3, dict(SMALL))
     log = [json.loads(line) for line in (arm / "checkpoints" / "log.jsonl").read_text().splitlines()]
-    assert len(log) == 12 and np.mean([r["reward_total"] for r in log[-4:]]) > np.mean([r["reward_total"] for r in log[:4]])
+    assert len(log) == 3 and all(0 <= r["reward_total"] <= 1 for r in log)
+    assert json.loads((tmp_path / "controls.json").read_text())[0]["name"] == arm.name
     rl_controls.main(args)
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {k: again[k] for k in ("start", "end", "delta")} == {k: row[k] for k in ("start", "end", "delta")}

@@ -18,6 +18,7 @@ its checkpoints and each evaluation is cached, so a killed run continues where i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import time
@@ -67,13 +68,16 @@ def sft_start(profile: Profile, out_dir, run_dir=None) -> dict:
 
 
 def train_control(control: str, profile: Profile, start: dict, out_dir, progress: bool = True) -> list[dict]:
-    """GRPO with the control's reward from the SFT start for ``profile.grpo.steps`` steps; the adapter is
+    """GRPO with the control's reward from the SFT start for ``profile.grpo.steps`` steps, advantages normalised
+    within each group (estimator "group", so only the control's reward reaches the update); the adapter is
     saved to ``out_dir/adapter``, checkpoints and ``log.jsonl`` go to ``out_dir/checkpoints``."""
     out_dir = Path(out_dir)
     model, processor = load_model_and_processor(start["base"], device=profile.device, **profile.model.pixel_bounds)
     model = PeftModel.from_pretrained(model, start["adapter"], is_trainable=True)
     items = load_items(start["data"], "train")
-    log = train_grpo(model, processor, items, profile.grpo, out_dir / "checkpoints", variant=f"control:{control}",
+    # plain group normalisation: the credit estimator would add the paper's group term to the control's reward
+    cfg = dataclasses.replace(profile.grpo, estimator="group")
+    log = train_grpo(model, processor, items, cfg, out_dir / "checkpoints", variant=f"control:{control}",
                      rollout_cfg=profile.rollout, hp=profile.hp, seed=profile.seed, progress=progress,
                      reward_fn=control_score_group(control))
     model.save_pretrained(out_dir / "adapter", safe_serialization=True)
