@@ -40,7 +40,7 @@ from zoomdx_lib.eval import tables as TB
 from zoomdx_lib.eval.claims import paper_claims as paired_claims
 from zoomdx_lib.eval.generate import evaluate_methods
 from zoomdx_lib.eval.scores import calibration_arrays, pick_ambiguous_case, rationale_scores
-from zoomdx_lib.workbook import viz
+from zoomdx_lib.workbook import viz, viz_calibration
 from zoomdx_lib.workbook.rundir import evaluation_methods, setup
 
 run = setup("04_calibration_analysis", profile, run_dir, seed, **overrides)
@@ -80,13 +80,13 @@ display(side)
 # %%
 arrays = {d: {m: calibration_arrays(results[(m, d, "sample", seed)]) for m in names} for d in dsets}
 main = dsets[0]
-viz.kappa_distributions(arrays[main], save_path=run.figure("fig1_kappa_distributions.png"));
+viz_calibration.kappa_distributions(arrays[main], save_path=run.figure("fig1_kappa_distributions.png"));
 
 # %%
-viz.reliability_diagram(arrays[main], n_bins=10, save_path=run.figure("reliability_diagrams.png"));
+viz_calibration.reliability_diagram(arrays[main], n_bins=10, save_path=run.figure("reliability_diagrams.png"));
 
 # %%
-viz.risk_coverage_plot(arrays[main], delta=prof.hp.delta, save_path=run.figure("risk_coverage.png"));
+viz_calibration.risk_coverage_plot(arrays[main], delta=prof.hp.delta, save_path=run.figure("risk_coverage.png"));
 
 # %%
 images = {s.id: img for s, img in datasets[main]}
@@ -126,7 +126,7 @@ claims_table = pd.DataFrame(claims).set_index(["claim", "dataset"])
 TB.write_table(claims_table.round(4), run.tables_dir, "claims", "The paper's claims: paired differences "
                "(better − worse) with 95 % bootstrap intervals")
 display(claims_table[["n", "delta", "low", "high", "verdict"]].round(3))
-viz.claims_forest(claims, save_path=run.figure("claims_paired.png"));
+viz_calibration.claims_forest(claims, save_path=run.figure("claims_paired.png"));
 
 # %%
 run.write_metrics(dict(profile=prof.name, seed=seed, methods=names, datasets=dsets,

@@ -49,8 +49,8 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 
-from zoomdx_lib.workbook import viz_rl
-from zoomdx_lib.workbook.rl_study import DECIDE_HALF_WIDTH, STUDY_RECIPE, load_study, run_study
+from zoomdx_lib.workbook import viz_calibration, viz_rl
+from zoomdx_lib.workbook.rl_study import STUDY_RECIPE, load_study, run_study
 from zoomdx_lib.workbook.rundir import setup
 
 run = setup("06_rl_study", profile, run_dir, seed, **overrides)
@@ -108,7 +108,7 @@ if len(claims):
     cols = ["claim", "dataset", "runs", "n", "delta", "low", "high", "verdict", "half_width", "min_detectable",
             "n_to_decide", "decided"]
     display(claims[cols].round(3))
-    viz_rl.claims_intervals(claims, DECIDE_HALF_WIDTH, save_path=run.figure("rl_study_claims.png"));
+    viz_calibration.claims_forest(claims.to_dict("records"), save_path=run.figure("rl_study_claims.png"));
     decided = int(claims["decided"].sum())
     lines = [f"**{decided} of {len(claims)} claim rows are decided.**"]
     for verdict, part in claims.groupby("verdict"):

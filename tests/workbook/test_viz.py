@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from zoomdx_lib.workbook import viz, widgets  # noqa: E402
+from zoomdx_lib.workbook import viz, viz_calibration, widgets  # noqa: E402
 from zoomdx_lib.eval.scores import calibration_arrays  # noqa: E402
 from zoomdx_lib.schema import Sample  # noqa: E402
 
@@ -84,11 +84,11 @@ def test_every_figure_writes_a_png(tmp_path, records, samples):
                                                    for i in range(1, 6)], "lora": []}, save_path=p),
         "pred": lambda p: viz.prediction_panels(records, imgs, CROP, n=6, save_path=p),
         "grpo": lambda p: viz.grpo_curves({"uncertainty": _log(12, 0), "acc-only": _log(8, 1)}, save_path=p),
-        "kappa": lambda p: viz.kappa_distributions(arrays, save_path=p),
-        "rel": lambda p: viz.reliability_diagram(arrays, n_bins=10, save_path=p),
-        "rc": lambda p: viz.risk_coverage_plot(arrays, save_path=p),
+        "kappa": lambda p: viz_calibration.kappa_distributions(arrays, save_path=p),
+        "rel": lambda p: viz_calibration.reliability_diagram(arrays, n_bins=10, save_path=p),
+        "rc": lambda p: viz_calibration.risk_coverage_plot(arrays, save_path=p),
         "qual": lambda p: viz.qualitative_case(records[0], imgs["A"], CROP, title="case A", save_path=p),
-        "claims": lambda p: viz.claims_forest(
+        "claims": lambda p: viz_calibration.claims_forest(
             [dict(metric=m, better="b", worse="w", dataset=d, delta=0.1, low=lo, high=lo + 0.2, verdict=v)
              for m in ("acc", "ece10") for d, lo, v in (("liver", 0.01, "supported"), ("breast", -0.1, "x"))]
             + [dict(metric="align", better="b", worse="w", dataset="d", delta=float("nan"), low=float("nan"),

@@ -140,9 +140,14 @@ def tiny_config(tokenizer, text_hidden=256, text_layers=4, text_heads=4, text_kv
                   num_heads=vision_heads, out_hidden_size=text_hidden, window_size=112,
                   fullatt_block_indexes=list(range(vision_depth)), patch_size=14, spatial_merge_size=2,
                   temporal_patch_size=2)
+    return _qwen_config(ids, text, vision, tie_word_embeddings=True)
+
+
+def _qwen_config(ids: dict, text: dict, vision: dict, tie_word_embeddings: bool) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL config from text and vision sub-configs, with the special tokens' ids wired in."""
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
                             video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=True,
+                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=tie_word_embeddings,
                             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                             pad_token_id=ids["<|endoftext|>"])
 
@@ -171,11 +176,7 @@ def paper_shaped_config(tokenizer, text_hidden=128, text_layers=4, text_heads=4,
                   num_heads=vision_heads, out_hidden_size=text_hidden, window_size=112,
                   fullatt_block_indexes=list(range(1, vision_depth, 2)), patch_size=14, spatial_merge_size=2,
                   temporal_patch_size=2)
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False,
-                            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                            pad_token_id=ids["<|endoftext|>"])
+    return _qwen_config(ids, text, vision, tie_word_embeddings=False)
 
 
 def build_processor(tokenizer, min_pixels: int = 112 * 112, max_pixels: int = 224 * 224) -> Qwen2_5_VLProcessor:

@@ -171,7 +171,7 @@ def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
     for r in rows:
         r["decided"] = decided_claim(r, r["half_width"])
     claims = pd.DataFrame(rows)
-    cols = ["claim", "dataset", "metric", "runs", "n", "delta", "low", "high", "per_run", "agree", "verdict",
+    cols = ["claim", "dataset", "metric", "better", "worse", "runs", "n", "delta", "low", "high", "per_run", "agree", "verdict",
             "half_width", "min_detectable", "n_to_decide", "decided"]
     atomic_write_text(out_dir / "claims.md", claims[cols].round(3).to_markdown(index=False) + "\n")
     claims[cols].to_csv(out_dir / "claims.csv", index=False)

@@ -1,8 +1,9 @@
-"""Figures of the RL study and the positive controls: training curves, claim intervals, crop use."""
+"""Figures of the RL study and the positive controls: training curves and crop use (the claims are drawn by
+:func:`zoomdx_lib.workbook.viz_calibration.claims_forest`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -42,34 +43,6 @@ def rl_curves(logs: dict, keys: Sequence[str] = CURVE_KEYS, window: int = 5, sav
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    if save_path:
-        fig.savefig(save_path, dpi=120)
-    return fig
-
-
-def claims_intervals(claims: pd.DataFrame, thresholds: Optional[dict] = None, save_path=None):
-    """Each claim's paired difference (better − worse) with its 95 % interval, one panel per metric; the
-    shaded band is the half-width the claim must reach to be decided as a null (`thresholds` by metric)."""
-    metrics = list(dict.fromkeys(claims["metric"]))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.45 * max(4, len(claims) / len(metrics)) + 1.2),
-                             squeeze=False)
-    for ax, metric in zip(axes.flat, metrics):
-        part = claims[claims["metric"] == metric].reset_index(drop=True)
-        y = np.arange(len(part))
-        colors = ["tab:green" if v == "supported" else "tab:red" if v == "contradicted" else "tab:gray"
-                  for v in part["verdict"]]
-        for yi, (d, lo, hi, color) in enumerate(zip(part["delta"], part["low"], part["high"], colors)):
-            ax.errorbar([d], [yi], xerr=[[d - lo], [hi - d]], fmt="none", ecolor=color, capsize=3)
-        ax.scatter(part["delta"], y, c=colors, zorder=3, s=18)
-        ax.axvline(0, color="k", lw=0.8)
-        if thresholds and metric in thresholds:
-            ax.axvspan(-thresholds[metric], thresholds[metric], color="tab:blue", alpha=0.08)
-        ax.set_yticks(y)
-        ax.set_yticklabels([f"{c.replace('uncertainty RL', 'unc. RL')} · {d}" for c, d in zip(part["claim"], part["dataset"])],
-                           fontsize=7)
-        ax.set_title(f"{metric}: better − worse", fontsize=9)
-        ax.invert_yaxis()
-    fig.tight_layout()
     if save_path:
         fig.savefig(save_path, dpi=120)
     return fig
