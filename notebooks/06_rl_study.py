@@ -54,6 +54,7 @@ from zoomdx_lib.workbook.rl_study import STUDY_RECIPE, load_study, run_study
 from zoomdx_lib.workbook.rundir import setup
 
 run = setup("06_rl_study", profile, run_dir, seed, **overrides)
+prof_name = run.profile.name
 committed = Path("../docs/rl_study")
 if profile == "smoke":
     study_dir = study_dir or run.dir / "rl_study"
@@ -131,7 +132,7 @@ if len(crop):
 
 # %%
 run.write_metrics(dict(
-    study_dir="run_dir/rl_study" if profile == "smoke" else str(study_dir), seeds=study["summary"].get("seeds", []),
+    profile=prof_name, study_dir="run_dir/rl_study" if profile == "smoke" else str(study_dir), seeds=study["summary"].get("seeds", []),
     claims_decided=int(claims["decided"].sum()) if len(claims) else 0, claims_total=int(len(claims)),
     controls={r["name"]: dict(control=r["control"], delta=r["delta"], delta_ci=r["delta_ci"])
               for _, r in controls.iterrows()} if len(controls) else {}))
