@@ -94,8 +94,8 @@ def grpo_step(model, processor, items, cfg: GRPOConfig, optimizer, variant: str 
     t0 = time.perf_counter()
     trajs, items, scores, adv, refilled = _scored_rollouts(model, processor, items, cfg, variant, rollout_cfg, hp,
                                                            policy, reward_fn, refill)
-    t_gen = time.perf_counter() - t0
     t1 = time.perf_counter()
+    t_gen = t1 - t0
     flat = [t for group in trajs for t in group]
     flat_adv = adv.reshape(-1).tolist()
     with torch.no_grad():
@@ -106,7 +106,6 @@ def grpo_step(model, processor, items, cfg: GRPOConfig, optimizer, variant: str 
                 ref = sequence_logprobs(model, processor, flat, hp.temperature, cfg.micro_batch)
     denominator = _loss_denominator(old, cfg, rollout_cfg)
     stats = dict(kls=[], entropies=[], clipped=0, tokens=0, ratio_dev=0.0)
-    first_loss, grad_norm = 0.0, 0.0
     active = any(a != 0 for a in flat_adv) or cfg.beta > 0
     for epoch in range(cfg.ppo_epochs if active else 1):
         optimizer.zero_grad(set_to_none=True)
@@ -118,16 +117,13 @@ def grpo_step(model, processor, items, cfg: GRPOConfig, optimizer, variant: str 
                                           None if ref is None else [ref[k] for k in chunk],
                                           [flat_adv[k] for k in chunk], denominator, cfg, hp, stats, epoch)
         model.eval()
-        if epoch == 0:
-            first_loss = loss
-            stats["ratio_dev_first"] = stats["ratio_dev"]
         norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        if epoch == 0:
-            grad_norm = float(norm)
+        if epoch == 0:   # the log reports the first pass: the update from ratio 1
+            first_loss, grad_norm, first_ratio_dev = loss, float(norm), stats["ratio_dev"]
         optimizer.step()
     t_upd = time.perf_counter() - t1
     row = _log_row(trajs, items, scores, adv, first_loss, stats["kls"], grad_norm, t_gen, t_upd)
-    row.update(ratio_max_dev=stats["ratio_dev_first"], clip_frac=stats["clipped"] / max(stats["tokens"], 1),
+    row.update(ratio_max_dev=first_ratio_dev, clip_frac=stats["clipped"] / max(stats["tokens"], 1),
                entropy=float(np.mean(stats["entropies"])) if stats["entropies"] else float("nan"),
                box_area=_mean_box_area(flat, items), refill_prompts=refilled, ppo_epochs=cfg.ppo_epochs)
     return row

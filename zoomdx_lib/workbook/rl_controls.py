@@ -31,40 +31,56 @@ from peft import PeftModel
 from ..config import Profile, get_profile, parse_key_values
 from ..data.fresh import fresh_items
 from ..data.store import build_synthetic_splits, load_items
-from ..eval.generate import Method, generate_records
+from ..eval.generate import Method, evaluate_methods
 from ..eval.metrics import bootstrap_ci
 from ..io import atomic_write_json
-from ..model.load import load_model_and_processor, load_policy
+from ..model.load import load_model_and_processor
 from ..rl.controls import CONTROLS, constant_answer, control_score_group
 from ..train.grpo import train_grpo
 from ..train.loop import read_log
 from ..train.recipes import run_sft
-from .viz_rl import CURVE_KEYS
+from .viz_rl import curve_points
 
 EVAL_ORGANS = ("liver", "breast")
+
+
+def _start(base_dir: Path, profile: Profile) -> dict:
+    """{base, adapter, data} of a folder holding ``models/sft_zoom_lora`` (on ``models/sft_zoom_full`` when a
+    from-scratch stage made one, else on the profile's checkpoint) and ``data/``."""
+    full = base_dir / "models" / "sft_zoom_full"
+    return dict(base=str(full if full.exists() else profile.model.path),
+                adapter=str(base_dir / "models" / "sft_zoom_lora"), data=str(base_dir / "data"))
 
 
 def sft_start(profile: Profile, out_dir, run_dir=None) -> dict:
     """The zoom SFT start of the controls: {base, adapter, data} of a cpu-chain run folder (`run_dir`), or
     trained once into ``out_dir/sft_start`` with the profile's data and SFT recipe (resumable, reused)."""
     if run_dir is not None:
-        run_dir = Path(run_dir)
-        full = run_dir / "models" / "sft_zoom_full"
-        start = dict(base=str(full if full.exists() else profile.model.path),
-                     adapter=str(run_dir / "models" / "sft_zoom_lora"), data=str(run_dir / "data"))
+        start = _start(Path(run_dir), profile)
         if not Path(start["adapter"], "adapter_config.json").exists():
             raise FileNotFoundError(f"{run_dir}: no zoom SFT adapter at models/sft_zoom_lora (run notebook 02 first)")
         return start
     start_dir = Path(out_dir) / "sft_start"
     if not (start_dir / "data" / "splits.json").exists():
         build_synthetic_splits(profile, start_dir / "data")
-    adapter = start_dir / "models" / "sft_zoom_lora"
-    if (adapter / "adapter_config.json").exists():
-        full = start_dir / "models" / "sft_zoom_full"
-        return dict(base=str(full if full.exists() else profile.model.path), adapter=str(adapter),
-                    data=str(start_dir / "data"))
-    result = run_sft(profile, start_dir, "zoom")
-    return dict(base=result["base"], adapter=result["adapter"], data=str(start_dir / "data"))
+    if not (start_dir / "models" / "sft_zoom_lora" / "adapter_config.json").exists():
+        run_sft(profile, start_dir, "zoom")
+    return _start(start_dir, profile)
+
+
+def grpo_from_start(profile: Profile, start: dict, cfg, ckpt_dir, adapter_dir, variant: str,
+                    reward_fn=None, progress: bool = True) -> list[dict]:
+    """GRPO with `cfg` from the SFT start's adapter (resumable from `ckpt_dir`), saved to `adapter_dir`;
+    a finished run (adapter saved, every step logged) is not loaded again. Returns the log rows."""
+    ckpt_dir, adapter_dir = Path(ckpt_dir), Path(adapter_dir)
+    if (adapter_dir / "adapter_config.json").exists() and len(read_log(ckpt_dir)) >= cfg.steps:
+        return read_log(ckpt_dir)
+    model, processor = load_model_and_processor(start["base"], device=profile.device, **profile.model.pixel_bounds)
+    model = PeftModel.from_pretrained(model, start["adapter"], is_trainable=True)
+    log = train_grpo(model, processor, load_items(start["data"], "train"), cfg, ckpt_dir, variant, profile.rollout,
+                     profile.hp, profile.seed, progress=progress, reward_fn=reward_fn)
+    model.save_pretrained(adapter_dir, safe_serialization=True)
+    return log
 
 
 def train_control(control: str, profile: Profile, start: dict, out_dir, progress: bool = True) -> list[dict]:
@@ -72,16 +88,10 @@ def train_control(control: str, profile: Profile, start: dict, out_dir, progress
     within each group (estimator "group", so only the control's reward reaches the update); the adapter is
     saved to ``out_dir/adapter``, checkpoints and ``log.jsonl`` go to ``out_dir/checkpoints``."""
     out_dir = Path(out_dir)
-    model, processor = load_model_and_processor(start["base"], device=profile.device, **profile.model.pixel_bounds)
-    model = PeftModel.from_pretrained(model, start["adapter"], is_trainable=True)
-    items = load_items(start["data"], "train")
     # plain group normalisation: the credit estimator would add the paper's group term to the control's reward
     cfg = dataclasses.replace(profile.grpo, estimator="group")
-    log = train_grpo(model, processor, items, cfg, out_dir / "checkpoints", variant=f"control:{control}",
-                     rollout_cfg=profile.rollout, hp=profile.hp, seed=profile.seed, progress=progress,
-                     reward_fn=control_score_group(control))
-    model.save_pretrained(out_dir / "adapter", safe_serialization=True)
-    return log
+    return grpo_from_start(profile, start, cfg, out_dir / "checkpoints", out_dir / "adapter", f"control:{control}",
+                           control_score_group(control), progress)
 
 
 def control_values(control: str, records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -98,20 +108,14 @@ def control_values(control: str, records: Sequence[dict]) -> tuple[np.ndarray, n
     return np.asarray(vals, float), np.array([r["c"] == 1 for r in records])
 
 
-def evaluate_adapter(control: str, profile: Profile, base: str, adapter: str, items, cache, seed: int,
+def evaluate_adapter(control: str, profile: Profile, method: Method, items, cache_dir, dataset: str, seed: int,
                      progress: bool = True) -> list[dict]:
-    """Generation records of one adapter on `items` for this control (sampled G rollouts for "constant",
-    greedy otherwise), cached as JSON at `cache` (reused when present)."""
-    cache = Path(cache)
-    if cache.exists():
-        return json.loads(cache.read_text())
-    model, processor = load_policy(base, adapter, device=profile.device, **profile.model.pixel_bounds)
+    """Generation records of `method` on `items` for this control (sampled G rollouts for "constant", greedy
+    otherwise), through the workbook's generation cache in `cache_dir` (reused while the weights and the
+    settings are the same)."""
     mode = "sample" if control == "constant" else "greedy"
-    records = generate_records(Method(Path(adapter).name, "zoom", base, adapter), model, processor, items, mode,
-                               profile.G, profile.hp.temperature, profile.rollout.max_new_tokens,
-                               profile.rollout.crop_pixels, seed, profile.eval.batch_size, progress)
-    atomic_write_json(cache, records)
-    return records
+    return evaluate_methods([method], {dataset: items}, profile, cache_dir, modes=(mode,), seeds=(seed,),
+                            progress=progress)[(method.name, dataset, mode, seed)]
 
 
 def paired_change(control: str, before: Sequence[dict], after: Sequence[dict], n_boot: int = 2000) -> dict:
@@ -143,7 +147,7 @@ def arm_name(control: str, steps: int, overrides: Optional[dict] = None) -> str:
 
 def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Optional[dict] = None,
                 n_eval: int = 60, eval_tag: str = "controls", progress: bool = True) -> dict:
-    """Train and evaluate one positive control; returns (and writes to ``out_dir/{control}/result.json``)
+    """Train and evaluate one positive control; returns (and writes to ``out_dir/{arm_name(...)}/result.json``)
     the result row. `n_eval` fresh cases per organ (liver, breast) from split ``fresh_{eval_tag}``."""
     if control not in CONTROLS:
         raise ValueError(f"unknown control {control!r}; choose one of {CONTROLS}")
@@ -155,10 +159,11 @@ def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Opti
     log = train_control(control, profile, start, arm, progress)
     items = fresh_items(profile, EVAL_ORGANS, n_eval, eval_tag)
     seed = profile.seed + 7919
-    before = evaluate_adapter(control, profile, start["base"], start["adapter"], items,
-                              out_dir / f"eval_start_{control}_{eval_tag}_{n_eval}.json", seed, progress)
-    after = evaluate_adapter(control, profile, start["base"], str(arm / "adapter"), items,
-                             arm / f"eval_{eval_tag}_{n_eval}.json", seed, progress)
+    dataset = f"fresh_{eval_tag}_{n_eval}"
+    before = evaluate_adapter(control, profile, Method("sft_start", "zoom", start["base"], start["adapter"]), items,
+                              out_dir / "generations", dataset, seed, progress)
+    after = evaluate_adapter(control, profile, Method(arm.name, "zoom", start["base"], str(arm / "adapter")), items,
+                             arm / "generations", dataset, seed, progress)
     row = dict(control=control, steps=steps, **paired_change(control, before, after),
                reward_curve=curve_summary(log), overrides={k: v for k, v in (overrides or {}).items()},
                tool_call_valid_end=float(np.mean([r["rollouts"][0]["tool_error"] is None for r in after])),
@@ -175,7 +180,7 @@ def collect_controls(out_dir) -> list[dict]:
     for result in sorted(out_dir.glob("*/result.json")):
         row = dict(json.loads(result.read_text()), name=result.parent.name)
         log = read_log(result.parent / "checkpoints")
-        row["curve"] = [{k: r.get(k) for k in ("step", *CURVE_KEYS)} for r in log]
+        row["curve"] = curve_points(log)
         rows.append(row)
     rows.sort(key=lambda r: (CONTROLS.index(r["control"]), r["name"]))
     atomic_write_json(out_dir / "controls.json", rows)

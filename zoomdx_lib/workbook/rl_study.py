@@ -25,20 +25,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from peft import PeftModel
 
 from ..config import Profile, get_profile, parse_key_values
 from ..data.fresh import fresh_items
-from ..data.store import load_items
 from ..eval.claims import CLAIMS, claims_over_runs
 from ..eval.crop_use import crop_use_records, crop_use_summary
 from ..eval.generate import Method, evaluate_methods
 from ..io import atomic_write_json, atomic_write_text, progress as progress_bar
-from ..model.load import load_model_and_processor, load_policy
-from ..train.grpo import train_grpo
+from ..model.load import load_policy
 from ..train.loop import read_log
-from .rl_controls import sft_start
-from .viz_rl import CURVE_KEYS
+from .rl_controls import grpo_from_start, sft_start
+from .viz_rl import curve_points
 
 # arm name (as the claims name the methods) -> (reward variant, advantage estimator)
 ARMS = {"grpo_accuracy_only": ("accuracy_only", "credit"),
@@ -59,15 +56,8 @@ def train_arm(name: str, profile: Profile, start: dict, seed_dir: Path, progress
     """Train one GRPO arm from the SFT start (resumable); returns its adapter folder."""
     variant, estimator = ARMS[name]
     adapter = seed_dir / "models" / name
-    ckpt = seed_dir / "checkpoints" / name
-    if (adapter / "adapter_config.json").exists() and len(read_log(ckpt)) >= profile.grpo.steps:
-        return str(adapter)
-    model, processor = load_model_and_processor(start["base"], device=profile.device, **profile.model.pixel_bounds)
-    model = PeftModel.from_pretrained(model, start["adapter"], is_trainable=True)
-    cfg = dataclasses.replace(profile.grpo, estimator=estimator)
-    train_grpo(model, processor, load_items(start["data"], "train"), cfg, ckpt, variant, profile.rollout,
-               profile.hp, profile.seed, progress=progress)
-    model.save_pretrained(adapter, safe_serialization=True)
+    grpo_from_start(profile, start, dataclasses.replace(profile.grpo, estimator=estimator),
+                    seed_dir / "checkpoints" / name, adapter, variant, progress=progress)
     return str(adapter)
 
 
@@ -182,7 +172,7 @@ def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
                    seconds={f"seed{s}": r["seconds"] for s, r in seeds.items()},
                    decided=int(sum(r["decided"] for r in rows)), claims_total=len(rows))
     atomic_write_json(out_dir / "summary.json", summary)
-    atomic_write_json(out_dir / "curves.json", {f"seed{s}/{a}": [{k: row.get(k) for k in ("step", *CURVE_KEYS)} for row in log]
+    atomic_write_json(out_dir / "curves.json", {f"seed{s}/{a}": curve_points(log)
                                                for s, r in seeds.items() for a, log in r["curves"].items()})
     return summary
 

@@ -2,26 +2,25 @@
 :func:`zoomdx_lib.workbook.viz_calibration.claims_forest`)."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from .viz import rolling_mean
+
 CURVE_KEYS = ("reward_total", "entropy", "clip_frac", "kl", "tool_call_valid", "answer_valid", "box_area",
               "no_signal_share")
 
 
-def _smooth(values: Sequence[float], window: int) -> np.ndarray:
-    v = np.asarray(values, float)
-    if window <= 1 or v.size < window:
-        return v
-    return np.convolve(v, np.ones(window) / window, mode="valid")
+def curve_points(log: Sequence[dict]) -> list[dict]:
+    """The plotted part of a GRPO log: each row's step and :data:`CURVE_KEYS` (None where not logged)."""
+    return [{k: row.get(k) for k in ("step", *CURVE_KEYS)} for row in log]
 
 
 def rl_curves(logs: dict, keys: Sequence[str] = CURVE_KEYS, window: int = 5, save_path=None):
-    """One panel per logged quantity (moving average over `window` steps), one line per run.
+    """One panel per logged quantity (trailing mean over `window` steps), one line per run.
 
     logs: {run name: GRPO log rows}. Keys a run did not log are skipped for that run. Returns the figure.
     """
@@ -30,10 +29,9 @@ def rl_curves(logs: dict, keys: Sequence[str] = CURVE_KEYS, window: int = 5, sav
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
         for name, log in logs.items():
-            vals = [r[key] for r in log if key in r and r[key] is not None and np.isfinite(r[key])]
-            if vals:
-                y = _smooth(vals, window)
-                ax.plot(np.arange(len(y)) + min(window, len(vals)), y, label=name, lw=1.3)
+            vals = [np.nan if r.get(key) is None else r[key] for r in log]
+            if np.isfinite(vals).any():
+                ax.plot(np.arange(1, len(vals) + 1), rolling_mean(vals, window), label=name, lw=1.3)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -72,14 +70,3 @@ def crop_use_bars(crop: pd.DataFrame, save_path=None):
     if save_path:
         fig.savefig(save_path, dpi=120)
     return fig
-
-
-def save_all(figures: dict, folder) -> list[Path]:
-    """Save {name: figure} as PNGs in `folder`; returns the paths."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, fig in figures.items():
-        paths.append(folder / f"{name}.png")
-        fig.savefig(paths[-1], dpi=120)
-    return paths
