@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -30,6 +30,7 @@ run_dir = "../runs/smoke"
 seed = 0
 overrides = {}        # profile fields to change, e.g. {"grpo__steps": 20, "model__path": "path/to/Qwen2.5-VL-7B-Instruct"}
 extra_checkpoints = {}      # {"name": "path/to/Qwen2.5-VL-7B-Instruct"}: zero-shot two-turn rows
+crop_use_cases = 40         # liver and breast test cases each for "does the answer use the crop?" (0: skip)
 
 # %%
 import pandas as pd
@@ -40,7 +41,8 @@ from zoomdx_lib.eval import tables as TB
 from zoomdx_lib.eval.claims import paper_claims as paired_claims
 from zoomdx_lib.eval.generate import evaluate_methods
 from zoomdx_lib.eval.scores import calibration_arrays, pick_ambiguous_case, rationale_scores
-from zoomdx_lib.workbook import viz, viz_calibration
+from zoomdx_lib.eval.crop_use import crop_use_cache_name, crop_use_rows
+from zoomdx_lib.workbook import viz, viz_calibration, viz_rl
 from zoomdx_lib.workbook.rundir import evaluation_methods, setup
 
 run = setup("04_calibration_analysis", profile, run_dir, seed, **overrides)
@@ -107,6 +109,26 @@ TB.write_table(text_scores.set_index(["method", "dataset"]), run.tables_dir, "re
 display(text_scores.round(3))
 
 # %% [markdown]
+# ## Does the answer use the crop?
+#
+# Each two-turn method keeps its greedy turn 1; turn 2 answers from its own crop, the true crop, a uniform
+# blank crop at the image's mean grey, or a same-size crop away from the lesion. `changed` is the share of
+# answers that differ from the own-crop answer. If the blank crop changes few answers, turn 2 reads the
+# question and the full view, not the crop, and the zoom is redundant for that method.
+
+# %%
+crop_use = pd.DataFrame()
+if crop_use_cases:
+    with run.phase("crop_use"):
+        crop_use = pd.DataFrame(crop_use_rows(methods, datasets, prof, run.generations_dir /
+                                              crop_use_cache_name(methods, prof, crop_use_cases), crop_use_cases))
+if len(crop_use):
+    TB.write_table(crop_use.set_index(["method", "source"]).round(4), run.tables_dir, "crop_use",
+                   "Turn 2 answered from other crops (liver + breast test cases): accuracy and answers changed")
+    display(crop_use.set_index(["method", "source"]).round(3))
+    viz_rl.crop_use_bars(crop_use, save_path=run.figure("crop_use.png"));
+
+# %% [markdown]
 # ## What the tables say about the paper's claims
 #
 # Each claim compares two methods on the *same* cases, so it is judged by a paired bootstrap interval of the
@@ -131,4 +153,4 @@ viz_calibration.claims_forest(claims, save_path=run.figure("claims_paired.png"))
 # %%
 run.write_metrics(dict(profile=prof.name, seed=seed, methods=names, datasets=dsets,
                        numbers=T["long"].to_dict(orient="records"), claims=claims,
-                       text_scores=text_scores.to_dict(orient="records")))
+                       text_scores=text_scores.to_dict(orient="records"), crop_use=crop_use.to_dict(orient="records")))

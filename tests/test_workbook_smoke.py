@@ -95,6 +95,13 @@ def test_tables_are_recomputed_from_cached_generations(smoke_run):
             assert all(len(r["rollouts"]) == 8 for r in cached[(method, dataset, "sample", 0)])
     table1 = (run / "tables" / "table1.md").read_text()
     assert "zoom_sft" in table1 and "oracle_crop" in table1
+    # does the answer use the crop: every two-turn method answered from all four crops, as cached
+    crop = pd.DataFrame(m04["crop_use"])
+    zoom_methods = [m for m in m04["methods"] if m not in ("single_turn_sft", "oracle_crop")]
+    assert set(crop.method) == set(zoom_methods) and set(crop.source) == {"own", "true", "blank", "elsewhere"}
+    assert (crop[crop.source == "own"].changed == 0).all() and crop.n.min() > 0
+    [cache] = list((run / "generations").glob("crop_use_*.json"))
+    assert json.loads(cache.read_text()) == m04["crop_use"]
 
 
 @pytest.mark.slow

@@ -73,3 +73,21 @@ def test_summary_counts_changes_only_where_a_crop_was_seen():
     assert rows["own"]["changed"] == 0.0 and rows["blank"]["changed"] == 1 / 3
     assert rows["own"]["acc_c1"] == 1 / 3 and rows["blank"]["acc_c1"] == 0.0 and rows["blank"]["acc_all"] == 0.25
     assert set(CROP_SOURCES) == {"own", "true", "blank", "elsewhere"}
+
+
+def test_cache_name_follows_the_two_turn_methods_weights(tmp_path):
+    from zoomdx_lib.config import get_profile
+    from zoomdx_lib.eval.crop_use import crop_use_cache_name
+    from zoomdx_lib.eval.generate import Method
+    prof = get_profile("smoke")
+    adapter = tmp_path / "lora"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights v1")
+    zoom = Method("zoom_sft", "zoom", "base", str(adapter))
+    single = Method("single_turn_sft", "single", "base", None)
+    first = crop_use_cache_name([zoom, single], prof, 40)
+    assert first.startswith("crop_use_40_") and first.endswith(".json")
+    assert crop_use_cache_name([zoom], prof, 40) == first          # a single-turn row has no crop to swap
+    assert crop_use_cache_name([zoom], prof, 12) != first
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights v2")   # retrained: never reuse stale rows
+    assert crop_use_cache_name([zoom], prof, 40) != first

@@ -15,15 +15,21 @@ all) and the share of answers that differ from ``own``.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import zlib
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageStat
 
 from ..geometry import crop_image, iou
-from ..io import progress as progress_bar
+from ..config import Profile
+from ..io import atomic_write_json, progress as progress_bar
+from ..model.load import load_policy
 from ..rl.rollout import HFPolicy, rollout
+from .generate import Method, generation_fingerprint
 
 CROP_SOURCES = ("own", "true", "blank", "elsewhere")
 
@@ -107,3 +113,32 @@ def crop_use_summary(records: dict) -> list[dict]:
                          acc_all=float(np.mean([r["answer"] == r["label"] for r in recs])) if recs else float("nan"),
                          changed=float(np.mean([r["answer"] != own[r["id"]] for r in called])) if called else float("nan")))
     return rows
+
+
+def crop_use_rows(methods: Sequence[Method], datasets: dict, profile: Profile, cache, n_cases: int,
+                  progress: bool = True) -> list[dict]:
+    """Crop-use rows (method, source, n, acc_c1, acc_all, changed) of every two-turn method on the first
+    `n_cases` cases of ``test_liver`` and ``test_breast`` in `datasets`, cached as JSON at `cache`
+    (name it with :func:`crop_use_cache_name` so retrained weights never reuse stale rows)."""
+    cache = Path(cache)
+    if cache.exists():
+        return json.loads(cache.read_text())
+    items = [it for name in ("test_liver", "test_breast") if name in datasets for it in datasets[name][:n_cases]]
+    rows = []
+    for m in (m for m in methods if m.kind == "zoom"):
+        model, processor = load_policy(m.base, m.adapter, profile.device, **profile.model.pixel_bounds)
+        recs = crop_use_records(model, processor, items, profile.rollout.max_new_tokens, profile.rollout.crop_pixels,
+                                batch_size=profile.eval.batch_size, progress=progress)
+        rows += [dict(method=m.name, **r) for r in crop_use_summary(recs)]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(cache, rows)
+    return rows
+
+
+def crop_use_cache_name(methods: Sequence[Method], profile: Profile, n_cases: int) -> str:
+    """``crop_use_{n}_{digest}.json``: the digest covers each two-turn method's weights and the generation
+    settings (:func:`zoomdx_lib.eval.generate.generation_fingerprint`)."""
+    prints = [generation_fingerprint(m, "crop_use", 0, max_new_tokens=profile.rollout.max_new_tokens,
+                                     crop_pixels=profile.rollout.crop_pixels) for m in methods if m.kind == "zoom"]
+    digest = hashlib.sha256(json.dumps([n_cases] + prints).encode()).hexdigest()[:10]
+    return f"crop_use_{n_cases}_{digest}.json"

@@ -202,7 +202,7 @@ def _micro_batch_loss(model, processor, trajs, old, ref, advantages, denominator
             kl = torch.exp(d) - d - 1
             per_token = per_token + cfg.beta * kl
             if epoch == 0:
-                stats["kls"].append(float(kl.mean()))
+                stats["kls"].append(float(kl.detach().mean()))
         terms.append(per_token.mean() if cfg.loss_norm == "sequence" else per_token.sum())
     if not terms:
         return 0.0

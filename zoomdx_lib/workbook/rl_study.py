@@ -29,10 +29,9 @@ import pandas as pd
 from ..config import Profile, get_profile, parse_key_values
 from ..data.fresh import fresh_items
 from ..eval.claims import CLAIMS, claims_over_runs
-from ..eval.crop_use import crop_use_records, crop_use_summary
+from ..eval.crop_use import crop_use_rows
 from ..eval.generate import Method, evaluate_methods
 from ..io import atomic_write_json, atomic_write_text, progress as progress_bar
-from ..model.load import load_policy
 from ..train.loop import read_log
 from .rl_controls import grpo_from_start, sft_start
 from .viz_rl import curve_points
@@ -111,24 +110,6 @@ def study_datasets(profile: Profile, n_eval: int) -> dict:
     return {f"test_{o}": fresh_items(profile, [o], n_eval, "rl_study") for o in ORGANS}
 
 
-def crop_use(methods: Sequence[Method], datasets: dict, profile: Profile, cache, n_crop: int,
-             progress: bool = True) -> list[dict]:
-    """Crop-use rows (method, source, acc_c1, acc_all, changed) on the first `n_crop` cases of each training
-    organ, cached as JSON at `cache`."""
-    cache = Path(cache)
-    if cache.exists():
-        return json.loads(cache.read_text())
-    items = [it for name in ("test_liver", "test_breast") for it in datasets[name][:n_crop]]
-    rows = []
-    for m in methods:
-        model, processor = load_policy(m.base, m.adapter, profile.device, **profile.model.pixel_bounds)
-        recs = crop_use_records(model, processor, items, profile.rollout.max_new_tokens, profile.rollout.crop_pixels,
-                                batch_size=profile.eval.batch_size, progress=progress)
-        rows += [dict(method=m.name, **r) for r in crop_use_summary(recs)]
-    atomic_write_json(cache, rows)
-    return rows
-
-
 def run_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, progress: bool = True,
              profile_name: str = "cpu") -> dict:
     """One seed of the study: SFT start, the three arms, evaluations; returns {results, eval_seed, curves,
@@ -145,7 +126,7 @@ def run_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, prog
     results = evaluate_methods(methods, datasets, profile, seed_dir / "generations", modes=("greedy", "sample"),
                                seeds=(eval_seed,), progress=progress)
     curves = {name: read_log(seed_dir / "checkpoints" / name) for name in ARMS}
-    rows = crop_use(methods, datasets, profile, seed_dir / f"crop_use_{n_crop}.json", n_crop, progress)
+    rows = crop_use_rows(methods, datasets, profile, seed_dir / f"crop_use_{n_crop}.json", n_crop, progress)
     return dict(results=results, eval_seed=eval_seed, curves=curves, crop_use=rows,
                 seconds=time.perf_counter() - t0)
 
