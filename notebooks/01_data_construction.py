@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -34,6 +34,9 @@ overrides = {}        # profile fields to change, e.g. {"grpo__steps": 20, "mode
 # Real test splits, each {"name", "importer": "bus_bra" | "busi" | "manifest", "path", **importer options such as
 # label_map, attribute, root, limit}; relative paths are under $ZOOMDX_DATA (default: the repo's data/ folder).
 real_splits = [{"name": "busbra", "importer": "bus_bra", "path": "bus_bra"}]
+# Real images the synthetic ones are measured against (train folds only: fold 3 is BUS-BRA's test fold)
+realism_reference = "bus_bra:bus_bra"
+realism_folds = [1, 2]
 
 # %%
 import pandas as pd
@@ -119,8 +122,9 @@ for name, r in imported.items():
 # 224 px full view, both views hold nearly the same pixels.
 
 # %%
-from zoomdx_lib.eval import readability as R
+from zoomdx_lib.eval import readability as R, realism as RE, tables as TB
 from zoomdx_lib.eval.tables import fmt_cell
+from zoomdx_lib.workbook import viz_realism
 
 n_read_train, n_read_test = prof.data.readability_cases
 with run.phase("readability"):
@@ -177,6 +181,25 @@ for name in [name for name, r in imported.items() if r["report"] is not None]:
 display(pd.DataFrame({k: R.grain_row(v) for k, v in grain.items()}).T)
 
 # %% [markdown]
+# ### Synthetic against real B-mode, statistic by statistic
+#
+# The same measurements on fresh synthetic breast images and on BUS-BRA's train folds: grey mean and spread,
+# speckle grain axial and lateral, lesion / background contrast (dB; per echo class for synthetic cases, per
+# pathology for BUS-BRA, which has no echo label), lesion size and aspect. Medians with 95 % bootstrap
+# intervals (`zoomdx_lib/eval/realism.py`). Where the intervals do not overlap, the generator is off.
+
+# %%
+with run.phase("realism"):
+    realism = RE.realism_comparison(realism_reference, realism_folds, n_read_test, "breast", prof.data.image_size,
+                                    seed, prof.eval.bootstrap_samples)
+if realism["skipped"]:
+    print(realism["skipped"])
+TB.write_table(RE.realism_wide(realism["table"]), run.tables_dir, "realism",
+               "Synthetic breast against real B-mode: medians with 95 % bootstrap intervals")
+display(RE.realism_wide(realism["table"]))
+viz_realism.realism_figure(realism["examples"], realism["table"], save_path=run.figure("fig_data_realism.png"));
+
+# %% [markdown]
 # ## Browse the samples
 
 # %%
@@ -187,4 +210,5 @@ W.sample_browser(all_samples, run.data_dir, prof.rollout.crop_pixels)
 run.write_metrics(dict(profile=prof.name, seed=seed,  # wall-clock times live in phases.json
                        splits={k: store.split_summary(v) for k, v in samples.items()}, real=real,
                        readability=readable, readability_native=readable_native, zoom_gain=gains,
-                       speckle_grain=grain))
+                       speckle_grain=grain, realism=realism["table"].to_dict(orient="records"),
+                       realism_skipped=realism["skipped"]))

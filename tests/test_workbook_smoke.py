@@ -65,13 +65,18 @@ def test_every_notebook_ran_and_wrote_metrics(smoke_run):
     m03 = read_metrics(run, "03_grpo_uncertainty_alignment")
     assert {"grpo_accuracy_only", "grpo_uncertainty_credit", "grpo_uncertainty_group"} <= set(m03["models"])
     assert m03["engine"] == "explicit"
+    m01 = read_metrics(run, "01_data_construction")   # synthetic against real: every statistic of each source
+    realism = pd.DataFrame(m01["realism"])
+    assert "synthetic breast" in set(realism.source) and (realism.n > 0).all()
+    assert m01["realism_skipped"] is None or "not found" in m01["realism_skipped"]
     phases = json.loads((run / "phases.json").read_text())
     for name in m03["models"]:  # generation and update times are in phases.json, not in the metrics
         assert phases["03_grpo_uncertainty_alignment"][f"{name}_generation"] > 0
         assert phases["03_grpo_uncertainty_alignment"][f"{name}_update"] > 0
     assert "sft_zoom_train" in phases["02_sft_zoom_then_diagnose"]
     for fig in ("fig1_kappa_distributions.png", "reliability_diagrams.png", "risk_coverage.png", "grpo_curves.png",
-                "fig_data_examples.png", "fig_data_readability.png", "fig_data_readability_native.png", "sft_loss.png", "pretrain_curves.png", "pretrain_boxes.png"):
+                "fig_data_examples.png", "fig_data_readability.png", "fig_data_readability_native.png",
+                "fig_data_realism.png", "crop_use.png", "sft_loss.png", "pretrain_curves.png", "pretrain_boxes.png"):
         assert (run / "figures" / fig).stat().st_size > 0, fig
 
 
