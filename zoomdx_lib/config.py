@@ -31,6 +31,7 @@ from typing import Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_BASE = Path(__file__).resolve().parent / "base"   # the pretrained tiny base (`make base`, notebook 00)
+BUS_BRA_TEST_FOLD = 3      # the BUS-BRA fold every evaluation uses: never trained or selected on
 DATA_ENV = "ZOOMDX_DATA"   # where real data sets live; default: the repository's git-ignored data/ folder
 
 
@@ -200,6 +201,10 @@ class PretrainConfig:
     attn_head: int = 0                 # the head of each layer the attention loss guides
     rationales: float = 0.0            # share of cases whose turns carry the SFT data's rationales (else a fixed one)
     curriculum_steps: int = 0          # easy contrast first: these first steps draw no isoechoic lesion
+    single_turn: float = 0.0           # share of cases answered in one turn from the full view (no tool call)
+    real_data: Optional[str] = None    # a real data SPEC (bus_bra:PATH, ...) mixed into the stream, train folds only
+    real_folds: tuple[int, ...] = (1, 2)   # its folds (BUS-BRA's fold 3 is the workbook's test fold: refused)
+    real_share: float = 0.0            # share of the stream's cases drawn from `real_data`
     seed: int = 0                      # model init, stream and sampler
     init_from: Optional[str] = None    # a pretraining checkpoint (with its heads) to continue from, fresh schedule
     checkpoint_every: int = 100
@@ -210,12 +215,20 @@ class PretrainConfig:
         """The config a run wrote as JSON (``pretrain_config.json``, a card's ``config``): lists back to
         tuples; keys this version does not know are dropped."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if k in ("organs", "aux") else v for k, v in raw.items() if k in known})
+        return cls(**{k: tuple(v) if k in ("organs", "aux", "real_folds") else v for k, v in raw.items() if k in known})
 
     def __post_init__(self):
         unknown = set(self.aux) - set(AUX_LOSSES)
         if unknown:
             raise ValueError(f"unknown auxiliary loss(es) {sorted(unknown)}; choose from {AUX_LOSSES}")
+        for name in ("single_turn", "real_share", "rationales"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} = {getattr(self, name)} is a share of the stream: it must lie in [0, 1]")
+        if self.real_share and not self.real_data:
+            raise ValueError("real_share > 0 needs real_data, a data SPEC such as bus_bra:bus_bra")
+        if self.real_data and str(self.real_data).startswith("bus_bra") and BUS_BRA_TEST_FOLD in self.real_folds:
+            raise ValueError(f"real_folds {tuple(self.real_folds)}: BUS-BRA fold {BUS_BRA_TEST_FOLD} is the test fold "
+                             "(the workbook evaluates on it); pretrain on folds 1-2 only")
 
 
 @dataclass

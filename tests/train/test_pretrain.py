@@ -201,3 +201,72 @@ def test_shipped_base_is_hash_checked_and_beats_the_mean_box_on_fresh_cases():
         r = grounding_report(model, processor, items, cfg["crop_pixels"], (48, 24), n_boot=200)
         assert r["tool_call_valid"] >= 0.9, r
         assert r["miou"] > r["mean_box_miou"], (organ, r)
+
+
+def test_single_turn_cases_read_the_full_view_without_a_call(tiny_run):
+    cfg, out, _ = tiny_run
+    _, processor = load_model_and_processor(out / "straight" / "model", min_pixels=cfg.min_pixels,
+                                            max_pixels=cfg.max_pixels)
+    sample, image = stream_case(cfg, 5)
+    zoom, one = (encode_case(sample, image, processor, cfg.crop_pixels, single_turn=s) for s in (False, True))
+    text = processor.tokenizer.decode([t for t, m in zip(one.example.ids, one.example.mask) if m])
+    assert "<tool_call>" not in text and "<answer>" in text and sample.label in text
+    assert len(one.example.images) == 1 and torch.equal(one.inside, zoom.inside)   # the full view's targets
+    from zoomdx_lib.data.dialogue import diagnostic_rationale
+    rich = encode_case(sample, image, processor, cfg.crop_pixels, rationale=True, single_turn=True)
+    rich_text = processor.tokenizer.decode([t for t, m in zip(rich.example.ids, rich.example.mask) if m])
+    assert diagnostic_rationale(sample.attribute, sample.label, sample.c, sample.rater_labels,
+                                f"pretrain-single:{sample.id}", view="full") in rich_text
+
+
+def test_a_batch_of_one_turn_cases_has_no_attention_target_and_a_finite_loss(tiny_run):
+    from zoomdx_lib.train.pretrain import PretrainModel, pretrain_losses
+    cfg, out, _ = tiny_run
+    model = PretrainModel.from_pretrained(out / "straight" / "checkpoint-000004")
+    _, processor = load_model_and_processor(out / "straight" / "model", min_pixels=cfg.min_pixels,
+                                            max_pixels=cfg.max_pixels, attn_implementation="eager")
+    one = [encode_case(*stream_case(cfg, i), processor, cfg.crop_pixels, single_turn=True) for i in (1, 2)]
+    two = [encode_case(*stream_case(cfg, 3), processor, cfg.crop_pixels)]
+    _, parts = pretrain_losses(model, one, processor, cfg)
+    assert "attn" not in parts and all(np.isfinite(v) for v in parts.values())
+    _, mixed = pretrain_losses(model, one + two, processor, cfg)
+    assert "attn" in mixed and all(np.isfinite(v) for v in mixed.values())
+
+
+def test_stream_shares_are_what_the_config_asks_and_pure_in_the_index():
+    from zoomdx_lib.train.pretrain import is_real, is_single_turn
+    cfg = PretrainConfig(single_turn=0.3, real_data="bus_bra:x", real_share=0.1)
+    single = [is_single_turn(cfg, i) for i in range(4000)]
+    real = [is_real(cfg, i) for i in range(4000)]
+    assert 0.27 < np.mean(single) < 0.33 and 0.08 < np.mean(real) < 0.12
+    assert single == [is_single_turn(cfg, i) for i in range(4000)]
+    assert not any(is_single_turn(PretrainConfig(), i) or is_real(PretrainConfig(), i) for i in range(500))
+
+
+def test_real_cases_come_from_the_train_folds_only(tmp_path):
+    from zoomdx_lib.data.examples import write_bus_bra
+    from zoomdx_lib.train.pretrain import is_real, real_cases
+    root = write_bus_bra(tmp_path / "bus", n=12, folds=3)
+    with pytest.raises(ValueError, match="fold 3 is the test fold"):
+        PretrainConfig(real_data=f"bus_bra:{root}", real_share=0.5, real_folds=(1, 2, 3))
+    with pytest.raises(ValueError, match="needs real_data"):
+        PretrainConfig(real_share=0.5)
+    with pytest.raises(ValueError, match="must lie in"):
+        PretrainConfig(single_turn=1.5)
+    cfg = PretrainConfig(real_data=f"bus_bra:{root}", real_share=0.5, real_folds=(1, 2))
+    folds = {s.meta["kfold"] for s, _ in real_cases(cfg)}
+    assert folds == {1, 2}
+    index = next(i for i in range(100) if is_real(cfg, i))
+    sample, image = stream_case(cfg, index)
+    assert sample.meta["source"] == "BUS-BRA" and sample.meta["kfold"] in (1, 2) and image.mode == "RGB"
+    assert sample.question
+    synthetic = next(i for i in range(100) if not is_real(cfg, i))
+    assert stream_case(cfg, synthetic)[0].meta["source"] == "synthetic"
+
+
+def test_the_card_says_when_the_stream_held_one_turn_or_real_cases():
+    from zoomdx_lib.workbook.base import _stage_data
+    assert "one-turn" not in _stage_data(PretrainConfig()) and "REAL" not in _stage_data(PretrainConfig())
+    text = _stage_data(PretrainConfig(single_turn=0.25, real_data="bus_bra:bus_bra", real_share=0.1))
+    assert "25% of cases written as the no-zoom baseline's one-turn dialogue" in text
+    assert "10% of cases drawn from the REAL data set bus_bra:bus_bra (folds 1, 2 only)" in text

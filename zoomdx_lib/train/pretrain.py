@@ -5,8 +5,8 @@ targets, the auxiliary heads and losses, and the resumable loop all share one co
 
 Text loss alone never makes the tiny model look: its box stays near the mean box (see the README's
 "base" section). This stage trains every weight from scratch on a stream of freshly generated
-liver and breast cases (never a test split's seed, never thyroid, never real data), each a complete
-Zoom-then-Diagnose dialogue with the TRUE box:
+liver and breast cases (never a test split's seed, never thyroid; real cases only when asked, see below),
+each a complete Zoom-then-Diagnose dialogue with the TRUE box:
 
     image + question -> "<think>Focus on the lesion.</think> <tool_call>{bbox_2d}</tool_call>"
     crop of that box (the zoom tool's own crop) -> '<answer>{"echo": "Hypoechoic"}</answer>'
@@ -26,7 +26,10 @@ The heads live beside the model during training (saved in the checkpoints as
 ``aux_heads.safetensors``) and are dropped at export, so the result is a stock
 `Qwen2_5_VLForConditionalGeneration` folder that every later stage loads like any checkpoint.
 An optional curriculum (``curriculum_steps``) draws no isoechoic lesion in the first steps (easy
-contrast first). Case i of the stream is a pure function of (seed, organ, i), and the loop
+contrast first). Two options change the stream: ``single_turn`` writes a share of its cases as the
+no-zoom baseline's one-turn dialogue (so a single-turn arm starts from a base that has read full views
+too), and ``real_share`` draws a share from a real data set's train folds (``real_data``, ``real_folds``;
+BUS-BRA's test fold is refused), boxes from their masks. Case i of the stream is a pure function of (seed, organ, i), and the loop
 (:mod:`zoomdx_lib.train.loop`) draws the indices, so a run is deterministic per seed and resumes
 exactly after a kill.
 """
@@ -48,7 +51,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from .. import protocol as P
 from ..config import PretrainConfig
-from ..data.dialogue import build_dialogue, question_for
+from ..data.dialogue import build_dialogue, diagnostic_rationale, question_for
 from ..data.synth import generate_samples
 from ..geometry import model_input_size, processor_pixel_bounds
 from ..io import append_jsonl, atomic_write_json, read_jsonl
@@ -80,6 +83,8 @@ def stream_case(cfg: PretrainConfig, index: int, easy: bool = False):
     index // len(organs) + k * STREAM_SIZE, k = 1, 2, ... of the organ's stream (still a pure function of
     the index); any other case is the same as without the curriculum.
     """
+    if is_real(cfg, index):
+        return real_case(cfg, index)
     organ = cfg.organs[index % len(cfg.organs)]
     for copy in range(64):             # P(isoechoic) ~ 1/4 per copy: 64 copies never run out in practice
         sample, image = next(generate_samples(organ, 1, seed=stream_seed(cfg.seed, organ), size=cfg.image_size,
@@ -90,6 +95,47 @@ def stream_case(cfg: PretrainConfig, index: int, easy: bool = False):
     return sample, image.convert("RGB")
 
 
+def _share(cfg: PretrainConfig, kind: str, index: int, share: float) -> bool:
+    """Whether case `index` falls in the stream's `share` of `kind` (a pure function of seed, kind and index)."""
+    return share > 0 and (zlib.crc32(f"{kind}|{cfg.seed}|{index}".encode()) % 10000) < share * 10000
+
+
+_REAL_CASES: dict = {}
+
+
+def real_cases(cfg: PretrainConfig) -> list:
+    """The (sample, RGB image) pairs of ``cfg.real_data``'s ``cfg.real_folds``, imported once per process."""
+    key = (cfg.real_data, tuple(cfg.real_folds))
+    if key not in _REAL_CASES:
+        from ..data.sources import load_cases
+        _REAL_CASES[key] = load_cases(cfg.real_data, folds=cfg.real_folds)[0]
+    return _REAL_CASES[key]
+
+
+def real_case(cfg: PretrainConfig, index: int):
+    """Case `index` of the stream when it is a real one: a case of the real train folds chosen by the index,
+    its question drawn as for synthetic cases."""
+    cases = real_cases(cfg)
+    sample, image = cases[zlib.crc32(f"real-pick|{cfg.seed}|{index}".encode()) % len(cases)]
+    sample = dataclasses.replace(sample, question=question_for(sample.attribute, f"pretrain:{cfg.seed}:{index}"))
+    return sample, image.convert("RGB")
+
+
+def is_real(cfg: PretrainConfig, index: int) -> bool:
+    """Whether case `index` of the stream comes from the real train folds (``cfg.real_share`` of them)."""
+    return _share(cfg, "real", index, cfg.real_share)
+
+
+def is_single_turn(cfg: PretrainConfig, index: int) -> bool:
+    """Whether case `index` is written as a one-turn dialogue from the full view (``cfg.single_turn`` of them).
+
+    >>> cfg = PretrainConfig(single_turn=0.25)
+    >>> 0.2 < sum(is_single_turn(cfg, i) for i in range(2000)) / 2000 < 0.3
+    True
+    """
+    return _share(cfg, "single", index, cfg.single_turn)
+
+
 def with_rationale(cfg: PretrainConfig, index: int) -> bool:
     """Whether case `index` of the stream is written with the SFT data's rationales (a pure function of the index).
 
@@ -97,7 +143,7 @@ def with_rationale(cfg: PretrainConfig, index: int) -> bool:
     >>> 0.45 < sum(with_rationale(cfg, i) for i in range(2000)) / 2000 < 0.55
     True
     """
-    return cfg.rationales > 0 and (zlib.crc32(f"rationale|{cfg.seed}|{index}".encode()) % 10000) < cfg.rationales * 10000
+    return _share(cfg, "rationale", index, cfg.rationales)
 
 
 @dataclass
@@ -129,8 +175,13 @@ def dense_targets(box_model: Sequence[float], grid_hw: tuple[int, int]) -> tuple
             torch.tensor(pos, dtype=torch.float32))
 
 
-def encode_case(sample, image, processor, crop_pixels: int, rationale: bool = False) -> PretrainExample:
+def encode_case(sample, image, processor, crop_pixels: int, rationale: bool = False,
+                single_turn: bool = False) -> PretrainExample:
     """The true-box dialogue of one case, encoded, with the crop the zoom tool itself cuts.
+
+    `single_turn` writes the case as the no-zoom baseline's dialogue instead: the full view and the question,
+    answered in one turn (after the full-view diagnostic rationale when `rationale`), no tool call and no
+    crop. The dense targets are the same (they read the full view).
 
     `rationale` writes both turns as the SFT data does (:func:`zoomdx_lib.data.dialogue.build_dialogue`:
     a search rationale before the call, a diagnostic one before the answer), so the base also learns the
@@ -146,8 +197,16 @@ def encode_case(sample, image, processor, crop_pixels: int, rationale: bool = Fa
     call, crop = zoom(turn1, image, msize, crop_pixels, min_pixels=lo, max_pixels=hi)
     if not call.ok:   # the true box is always a valid call; anything else is a bug worth stopping for
         raise ValueError(f"case {sample.id}: the true box {sample.box} gave an invalid tool call ({call.error})")
-    text = chat.dialogue_text(processor, sample.question, turn1, turn2)
-    ex = encode_conversation(processor, text, [image, crop], sample.id)
+    if single_turn:
+        answer = P.format_answer(sample.attribute, sample.label)
+        if rationale:
+            answer = P.turn(diagnostic_rationale(sample.attribute, sample.label, sample.c, sample.rater_labels,
+                                                 f"pretrain-single:{sample.id}", view="full"), answer)
+        ex = encode_conversation(processor, chat.single_turn_text(processor, sample.question, answer), [image],
+                                 sample.id)
+    else:
+        text = chat.dialogue_text(processor, sample.question, turn1, turn2)
+        ex = encode_conversation(processor, text, [image, crop], sample.id)
     grid = ex.images[0][1]
     inside, position = dense_targets(call.box_model, (int(grid[1]) // 2, int(grid[2]) // 2))
     return PretrainExample(ex, inside, position)
@@ -216,9 +275,10 @@ def pretrain_losses(model: PretrainModel, batch: Sequence[PretrainExample], proc
         for i, b in enumerate(batch):
             img = (ids[i] == processor.image_token_id).nonzero().squeeze(-1)[:len(b.inside)]
             in_box[i, img] = (b.inside > 0.25).float()
-        per_layer = [-(torch.log((att[:, cfg.attn_head] * in_box[:, None, :]).sum(-1) + 1e-6))[query].mean()
-                     for att in out.attentions]
-        losses["attn"] = torch.stack(per_layer).mean()
+        if query.any():   # one-turn dialogues have no box digit to guide
+            per_layer = [-(torch.log((att[:, cfg.attn_head] * in_box[:, None, :]).sum(-1) + 1e-6))[query].mean()
+                         for att in out.attentions]
+            losses["attn"] = torch.stack(per_layer).mean()
     total = losses["text"] + sum(cfg.aux_weights.get(k, 1.0) * v for k, v in losses.items() if k != "text")
     return total, {k: float(v.detach()) for k, v in losses.items()}
 
@@ -255,8 +315,8 @@ def pretrain(cfg: PretrainConfig, out_dir, resume: bool = True, progress: bool =
     def step(indices: list[int]) -> dict:
         t0 = time.perf_counter()
         easy = sched.last_epoch < cfg.curriculum_steps      # the scheduler counts the steps taken (kept on resume)
-        batch = [encode_case(*stream_case(cfg, i, easy), processor, cfg.crop_pixels, rationale=with_rationale(cfg, i))
-                 for i in indices]
+        batch = [encode_case(*stream_case(cfg, i, easy), processor, cfg.crop_pixels, rationale=with_rationale(cfg, i),
+                             single_turn=is_single_turn(cfg, i)) for i in indices]
         loss, parts = pretrain_losses(model, batch, processor, cfg)
         opt.zero_grad()
         loss.backward()

@@ -95,6 +95,12 @@ def _stage_data(cfg: PretrainConfig) -> str:
                  f"SFT's words must be known to the base), the rest with {fixed}")
     if cfg.curriculum_steps:
         turns += f"; curriculum: no isoechoic lesion in the first {cfg.curriculum_steps} steps"
+    if cfg.single_turn:
+        turns += (f"; {cfg.single_turn:.0%} of cases written as the no-zoom baseline's one-turn dialogue (full view "
+                  f"and question, answered directly)")
+    if cfg.real_share:
+        turns += (f"; {cfg.real_share:.0%} of cases drawn from the REAL data set {cfg.real_data} "
+                  f"(folds {', '.join(map(str, cfg.real_folds))} only), boxes from its masks")
     return turns
 
 
@@ -122,6 +128,8 @@ def model_card(cfg: PretrainConfig, numbers: dict, run_dir, seconds: Optional[fl
     aux = names(cfg.aux)
     if stage1 and tuple(first.aux) != tuple(cfg.aux):
         aux = f"{names(first.aux)} in stage 1, {aux} in stage 2"
+    real_clause = (", and real cases where the data clause of the recipe says so" if cfg.real_share or
+                   (stage1 and stage1[0].real_share) else ", never real images")
     return f"""# ZoomDx tiny base (Qwen2.5-VL architecture, trained from scratch)
 
 A stock `Qwen2_5_VLForConditionalGeneration` ({cfg.tiny}) pretrained offline by
@@ -130,7 +138,7 @@ training steps' wall time on 2 CPU cores.
 
 **Data**: a stream of freshly generated synthetic {' and '.join(cfg.organs)} cases, {cfg.image_size} px,
 generator seeds `zoomdx_lib.train.pretrain.stream_seed(SEED, organ)` with each stage's stream seed (never
-a data split's seed, never thyroid, never real images). Each case is a complete Zoom-then-Diagnose
+a data split's seed, never thyroid){real_clause}. Each case is a complete Zoom-then-Diagnose
 dialogue with the true box and the zoom tool's crop of it.
 
 **Losses**: cross-entropy on both assistant turns + auxiliary {aux}
@@ -182,6 +190,12 @@ def main(argv: Optional[list] = None) -> int:
                          "optimizer and schedule; use another --seed so the stream brings new cases")
     ap.add_argument("--curriculum", type=int, default=0,
                     help="easy contrast first: this many first steps draw no isoechoic lesion")
+    ap.add_argument("--single-turn", type=float, default=0.0,
+                    help="share of cases answered in one turn from the full view (the no-zoom baseline's format)")
+    ap.add_argument("--real-data", default=None,
+                    help="a real data SPEC mixed into the stream, e.g. bus_bra:bus_bra (relative to $ZOOMDX_DATA)")
+    ap.add_argument("--real-folds", default="1,2", help="its folds (BUS-BRA's test fold 3 is refused)")
+    ap.add_argument("--real-share", type=float, default=0.0, help="share of the stream drawn from --real-data")
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--ship", action="store_true", help=f"after training, copy the model into {SHIPPED_BASE}")
@@ -189,7 +203,9 @@ def main(argv: Optional[list] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         warmup=args.warmup, init_from=args.init_from, rationales=args.rationales, curriculum_steps=args.curriculum, aux=tuple(a for a in args.aux.split(",") if a))
+                         warmup=args.warmup, init_from=args.init_from, rationales=args.rationales, curriculum_steps=args.curriculum, aux=tuple(a for a in args.aux.split(",") if a),
+                         single_turn=args.single_turn, real_data=args.real_data, real_share=args.real_share,
+                         real_folds=tuple(int(f) for f in args.real_folds.split(",") if f))
     result = pretrain(cfg, args.out, evaluate=held_out_eval(cfg), eval_every=args.eval_every)
     last = result["evals"][-1] if result["evals"] else {}
     print(json.dumps({"model": result["model"], "held_out_miou": last.get("miou"), "held_out_acc": last.get("acc")}))
