@@ -17,11 +17,15 @@ interval, and the contrast per group.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..config import DATA_ENV
+from ..data.sources import DataSpec, load_cases
+from ..data.synth import generate_samples
 from . import metrics as M
 from .readability import speckle_grain, visible_region
 
@@ -126,11 +130,6 @@ def realism_comparison(reference: Optional[str], folds: Optional[Sequence[int]],
     (``bus_bra:PATH``; train folds only, never a test fold): {"examples": {source: items}, "table":
     :func:`realism_table`, "skipped": reason or None}. A reference that is not on disk is skipped with the
     reason (only the synthetic source is measured) unless ``$ZOOMDX_DATA`` is set, which promises the data."""
-    import os
-
-    from ..config import DATA_ENV
-    from ..data.sources import DataSpec, load_cases
-    from ..data.synth import generate_samples
     examples = {f"synthetic {organ}": list(generate_samples(organ, n, seed=10_000 + seed, size=size, split="realism"))}
     skipped = None
     if reference:

@@ -52,6 +52,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from .. import protocol as P
 from ..config import PretrainConfig
 from ..data.dialogue import build_dialogue, diagnostic_rationale, question_for
+from ..data.sources import load_cases
 from ..data.synth import generate_samples
 from ..geometry import model_input_size, processor_pixel_bounds
 from ..io import append_jsonl, atomic_write_json, read_jsonl
@@ -107,7 +108,6 @@ def real_cases(cfg: PretrainConfig) -> list:
     """The (sample, RGB image) pairs of ``cfg.real_data``'s ``cfg.real_folds``, imported once per process."""
     key = (cfg.real_data, tuple(cfg.real_folds))
     if key not in _REAL_CASES:
-        from ..data.sources import load_cases
         _REAL_CASES[key] = load_cases(cfg.real_data, folds=cfg.real_folds)[0]
     return _REAL_CASES[key]
 
