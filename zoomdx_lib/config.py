@@ -158,6 +158,9 @@ class GRPOConfig:
     ppo_epochs: int = 1
     loss_norm: str = "sequence"        # "sequence" (GRPO), "token" (DAPO), "constant" (Dr. GRPO)
     refill_rounds: int = 0
+    # Label-balanced prompts: each step's prompts ask about one attribute and cover its labels in turn, so
+    # the pushes of their groups towards their own right answers cancel in the answer prior.
+    balance_labels: bool = False
 
     def __post_init__(self):
         if self.engine not in GRPO_ENGINES:

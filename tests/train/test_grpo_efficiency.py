@@ -120,3 +120,46 @@ def test_health_monitor_warns_once_when_the_format_collapses():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check({"step": 7, "tool_call_valid": 0.1, "answer_valid": 1.0})   # warned once already
+
+
+def test_balanced_prompts_cover_the_labels_of_one_attribute_and_resume_the_same():
+    from zoomdx_lib.train.grpo import balanced_prompts
+    rng = np.random.default_rng(0)
+    vocab = {"echo": ["Anechoic", "Hypoechoic", "Isoechoic", "Hyperechoic"], "margin": ["Circumscribed", "Not circumscribed"]}
+    labels = [(a, vocab[a][int(rng.integers(len(vocab[a])))]) for a in rng.choice(list(vocab), 300)]
+    counts = {}
+    for step in range(200):
+        idx = [int(i) for i in rng.integers(len(labels), size=4)]
+        picked = balanced_prompts(labels, idx, np.random.default_rng([0, *idx]))
+        assert picked == balanced_prompts(labels, idx, np.random.default_rng([0, *idx]))   # pure: resumes alike
+        attrs = {labels[i][0] for i in picked}
+        assert attrs == {labels[idx[0]][0]} and len(picked) == 4
+        names = [labels[i][1] for i in picked]
+        n_labels = len(vocab[labels[idx[0]][0]])
+        assert len(set(names)) == min(4, n_labels)              # 4 echo labels once each; 2 margin labels twice each
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+    echo = [counts[k] for k in vocab["echo"]]
+    assert max(echo) == min(echo)                               # an echo step holds each label exactly once
+
+
+def test_train_grpo_hands_the_step_the_balanced_prompts(monkeypatch, tmp_path):
+    import zoomdx_lib.train.grpo as GR
+    seen = []
+
+    def fake_step(model, processor, items, cfg, opt, *args, **kwargs):
+        seen.append([(s.attribute, s.label) for s, _ in items])
+        return {"reward_total": 0.0, "mean_iou": 0.0, "tool_call_valid": 1.0, "answer_valid": 1.0}
+
+    monkeypatch.setattr(GR, "grpo_step", fake_step)
+    items = [(Sample(id=f"s{k}", image_path="x", box=(0, 0, 10, 10), attribute="echo",
+                     label=["Anechoic", "Hypoechoic", "Isoechoic"][k % 3], c=1, organ="liver", question="q"), None)
+             for k in range(30)]
+    class Tiny(torch.nn.Linear):   # the loop checkpoints an adapter at the end
+        def save_pretrained(self, path, **kwargs):
+            torch.save(self.state_dict(), f"{path}.pt")
+
+    model = Tiny(2, 2)
+    GR.train_grpo(model, None, items, GRPOConfig(steps=4, prompts_per_step=3, balance_labels=True, checkpoint_every=100),
+                  tmp_path, progress=False)
+    assert len(seen) == 4 and all(sorted(l for _, l in step) == ["Anechoic", "Hypoechoic", "Isoechoic"] for step in seen)

@@ -271,6 +271,26 @@ def health_monitor(keys: Sequence[str] = ("tool_call_valid", "answer_valid"), wi
     return check
 
 
+def balanced_prompts(labels: Sequence[tuple[str, str]], idx: Sequence[int], rng: np.random.Generator) -> list[int]:
+    """Label-balanced replacements for one step's drawn prompt indices `idx`: the attribute of the first drawn
+    prompt, then its labels in turn from a random offset, each a random case of that (attribute, label) from
+    `labels` [(attribute, label) per training item]; a pure function of `idx` and `rng`.
+
+    >>> labels = [("echo", "A"), ("echo", "B"), ("echo", "A"), ("shape", "C"), ("echo", "C")]
+    >>> picked = balanced_prompts(labels, [2, 3, 1], np.random.default_rng(0))
+    >>> sorted(labels[i][1] for i in picked), {labels[i][0] for i in picked}
+    (['A', 'B', 'C'], {'echo'})
+    """
+    attribute = labels[idx[0]][0]
+    pools: dict = {}
+    for k, (a, label) in enumerate(labels):
+        if a == attribute:
+            pools.setdefault(label, []).append(k)
+    order = sorted(pools)
+    offset = int(rng.integers(len(order)))
+    return [int(rng.choice(pools[order[(offset + j) % len(order)]])) for j in range(len(idx))]
+
+
 def train_grpo(model, processor, train_items: Sequence[tuple], cfg: GRPOConfig, out_dir, variant: str = "uncertainty",
                rollout_cfg: RolloutConfig = RolloutConfig(), hp: PaperHyperParams = PAPER, seed: int = 0,
                resume: bool = True, progress: bool = True, callbacks: Sequence[Callable] = (),
@@ -281,16 +301,20 @@ def train_grpo(model, processor, train_items: Sequence[tuple], cfg: GRPOConfig, 
     with resume=True continues from the latest one. The per-step log is `out_dir/log.jsonl`; `seed`
     seeds the prompt sampler and, at a fresh start, the torch RNG (rollout sampling, LoRA dropout).
     Replacement prompts of dynamic sampling (``cfg.refill_rounds``) are drawn from a generator seeded by
-    the step's own draws, so a resumed run refills exactly as the uninterrupted one. `reward_fn` replaces
+    the step's own draws, so a resumed run refills exactly as the uninterrupted one; so are the label-balanced
+prompts of ``cfg.balance_labels`` (:func:`balanced_prompts`). `reward_fn` replaces
     the variant's rewards (see :func:`grpo_step`; the positive controls use it). A
     :func:`health_monitor` warns when the format collapses. Returns the log rows.
     """
     opt = trainable_adamw(model, cfg.lr)
+    labels = [(sample.attribute, sample.label) for sample, _ in train_items]
     loop = LoopConfig(steps=cfg.steps, draws_per_step=cfg.prompts_per_step, checkpoint_every=cfg.checkpoint_every,
                       sampler_seed=seed, torch_seed=seed, desc=f"GRPO {variant}/{cfg.estimator}")
 
     def step(idx: list[int]) -> dict:
         rng = np.random.default_rng([seed, *idx])
+        if cfg.balance_labels:
+            idx = balanced_prompts(labels, idx, rng)
 
         def refill(n: int) -> list:
             return [train_items[i] for i in rng.integers(len(train_items), size=n)]
