@@ -52,11 +52,13 @@ gpu-smoke: install
 
 # The positive controls (GRPO rewarding one constant answer, the box's IoU, or accuracy) from the cpu profile's
 # zoom SFT start, trained once into runs/rl/sft_start; each prints one JSON line (docs/rl.md).
+# constant reads 60 + 60 fresh cases (8 rollouts each), iou and accuracy 100 + 100 (greedy): the rows of docs/rl.md.
 rl-controls: install
-	for c in constant iou accuracy; do $(PY) -m zoomdx_lib.workbook.rl_controls --control $$c --steps 60 --out runs/rl \
+	for c in constant:60 iou:100 accuracy:100; do $(PY) -m zoomdx_lib.workbook.rl_controls --control $${c%%:*} \
+		--n-eval $${c##*:} --steps 60 --out runs/rl \
 		--set grpo__lr=3e-4 grpo__ppo_epochs=2 grpo__beta=0.04 grpo__refill_rounds=1 $(ARGS) || exit 1; done
 
 # The RL study: per seed an SFT start and three GRPO arms, evaluated on 120 fresh cases per organ; resumable,
-# hours on 2 cores (nohup make rl-study &). Notebook 06 reads runs/rl_study.
+# about 21 min per seed on 2 free cores (nohup make rl-study &). Notebook 06 reads runs/rl_study.
 rl-study: install
 	$(PY) -m zoomdx_lib.workbook.rl_study --out runs/rl_study --seeds 0,1,2 $(ARGS)
