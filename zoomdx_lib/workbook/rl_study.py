@@ -113,7 +113,7 @@ def study_datasets(profile: Profile, n_eval: int) -> dict:
 def run_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, progress: bool = True,
              profile_name: str = "cpu") -> dict:
     """One seed of the study: SFT start, the three arms, evaluations; returns {results, eval_seed, curves,
-    crop_use, seconds}."""
+    crop_use, seconds}. `seconds` is this call's wall time: a resumed seed counts only what it redid."""
     t0 = time.perf_counter()
     profile = get_profile(profile_name, seed=seed, **overrides)
     seed_dir = Path(out_dir) / f"seed{seed}"
