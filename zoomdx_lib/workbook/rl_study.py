@@ -113,7 +113,9 @@ def study_datasets(profile: Profile, n_eval: int) -> dict:
 def run_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, progress: bool = True,
              profile_name: str = "cpu") -> dict:
     """One seed of the study: SFT start, the three arms, evaluations; returns {results, eval_seed, curves,
-    crop_use, seconds}. `seconds` is this call's wall time: a resumed seed counts only what it redid."""
+    crop_use, seconds}. `seconds` adds up the wall time of every pass over this seed that reached its end
+    (kept in ``seedS/seconds.json``), so a resumed seed counts the passes before the kill that finished a step
+    it reused only if they ran to the end; a killed pass's time is lost."""
     t0 = time.perf_counter()
     profile = get_profile(profile_name, seed=seed, **overrides)
     seed_dir = Path(out_dir) / f"seed{seed}"
@@ -127,8 +129,21 @@ def run_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, prog
                                seeds=(eval_seed,), progress=progress)
     curves = {name: read_log(seed_dir / "checkpoints" / name) for name in ARMS}
     rows = crop_use_rows(methods, datasets, profile, seed_dir / f"crop_use_{n_crop}.json", n_crop, progress)
-    return dict(results=results, eval_seed=eval_seed, curves=curves, crop_use=rows,
-                seconds=time.perf_counter() - t0)
+    seconds = add_seconds(seed_dir / "seconds.json", time.perf_counter() - t0)
+    return dict(results=results, eval_seed=eval_seed, curves=curves, crop_use=rows, seconds=seconds)
+
+
+def add_seconds(path, seconds: float) -> float:
+    """Add one finished pass's wall time to the running total kept at `path`; returns the new total.
+
+    >>> import tempfile, os; p = os.path.join(tempfile.mkdtemp(), "seconds.json")
+    >>> add_seconds(p, 2.5), add_seconds(p, 1.0)
+    (2.5, 3.5)
+    """
+    path = Path(path)
+    before = json.loads(path.read_text())["seconds"] if path.exists() else 0.0
+    atomic_write_json(path, dict(seconds=before + seconds))
+    return before + seconds
 
 
 def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
