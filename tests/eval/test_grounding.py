@@ -56,3 +56,24 @@ def test_paired_difference_names_a_case_missing_from_one_list():
     with pytest.raises(ValueError, match="case 3"):
         paired_grounding_difference([dict(id=i, iou=0.1, hit=True) for i in range(4)],
                                     [dict(id=i, iou=0.1, hit=True) for i in range(3)])
+
+
+def test_single_turn_answers_are_scored_and_paired_with_the_true_crop_answers(tiny):
+    model, processor = tiny
+    items = fresh_cases("liver", 4, seed=4343, size=256)
+    lo, hi = processor_pixel_bounds(processor)
+    calls = [turn("look", format_tool_call(model_box(s.box, im.size, model_input_size(*im.size, lo, hi))))
+             for s, im in items]
+    answers = [turn("read", format_answer(s.attribute, s.label)) for s, _ in items]
+    # one turn from the full view: right on the first two cases, a tool call (no answer) on the others
+    one_turn = ScriptedPolicy(processor, answers[:2] + calls[2:], [])
+    rep = grounding_report(model, processor, items, 112 * 112, policy=ScriptedPolicy(processor, calls, answers),
+                           read_policy=ScriptedPolicy(processor, calls, answers), n_boot=50, per_case=True,
+                           single_turn=True, single_policy=one_turn)
+    assert rep["acc"] == 1.0 and rep["acc_single"] == 0.5
+    assert rep["crop_minus_single"][0] == 0.5
+    assert [c["single_hit"] for c in rep["cases"]] == [True, True, False, False]
+    assert [c["single_answer"] for c in rep["cases"]][2:] == [None, None]
+    seeing = ScriptedPolicy(processor, calls, answers)
+    assert "acc_single" not in grounding_report(model, processor, items, 112 * 112, policy=seeing, read_policy=seeing,
+                                                n_boot=20)

@@ -16,6 +16,8 @@ taken out of the question), and prints one JSON line per attribute and then one 
 
 and, with ``--against DIR`` (an ablation: two checkpoints on the same cases), also against_miou,
 against_acc, miou_diff and acc_diff: (point, low, high) of model minus against, paired bootstrap.
+``--single-turn`` also asks each question in the no-zoom baseline's one-turn format from the full view
+(acc_single, and crop_minus_single: true-crop accuracy minus it, paired by case).
 ``--out FILE.csv`` writes one row per case (ids, labels, answers, both boxes, IoU).
 
 ``mean_box_miou`` is the mIoU of answering every case with the mean of these cases' own true boxes,
@@ -46,7 +48,7 @@ from ..data.synth import ORGAN_PRESETS
 from ..geometry import iou
 from ..io import atomic_write_text
 from ..model.load import load_policy
-from ..rl.rollout import HFPolicy, OraclePolicy, oracle_turn1, rollout
+from ..rl.rollout import HFPolicy, OraclePolicy, oracle_turn1, rollout, single_turn_rollout
 from ..schema import ATTRIBUTES
 from . import metrics as M
 from .claims import paired_difference
@@ -93,19 +95,42 @@ def summarise(cases: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
                 acc=ci["acc"][0], acc_ci=list(ci["acc"][1:]),
                 majority_acc=float(np.mean([majority[c["attribute"]] == c["label"] for c in cases])),
                 tool_call_valid=float(np.mean([c["tool_call_valid"] for c in cases])),
-                answer_valid=float(np.mean([c["answer_valid"] for c in cases])))
+                answer_valid=float(np.mean([c["answer_valid"] for c in cases])), **single_turn_summary(cases, n_boot, seed))
+
+
+def single_turn_summary(cases: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
+    """With one-turn answers in the cases (``single_hit``): ``acc_single`` with ``acc_single_ci``, and
+    ``crop_minus_single``: accuracy from the true crop minus from the full view in one turn, paired by case
+    (point, low, high). Empty without them.
+
+    >>> cases = [dict(hit=True, single_hit=i < 2) for i in range(4)]
+    >>> out = single_turn_summary(cases, n_boot=50)
+    >>> out["acc_single"], out["crop_minus_single"][0]
+    (0.5, 0.5)
+    """
+    if not cases or "single_hit" not in cases[0]:
+        return {}
+    single = np.array([c["single_hit"] for c in cases], float)
+    gain = np.array([c["hit"] for c in cases], float) - single
+    ci = M.bootstrap(lambda i: {"single": float(single.mean() if i is None else single[i].mean()),
+                                "gain": float(gain.mean() if i is None else gain[i].mean())},
+                     len(cases), n_boot, seed=seed)
+    return dict(acc_single=ci["single"][0], acc_single_ci=list(ci["single"][1:]), crop_minus_single=list(ci["gain"]))
 
 
 def grounding_report(model, processor, items, crop_pixels: int, max_new_tokens=(64, 64), n_boot: int = 1000,
                      seed: int = 0, policy=None, read_policy=None, per_case: bool = False,
-                     progress: bool = False) -> dict:
+                     progress: bool = False, single_turn: bool = False, single_policy=None) -> dict:
     """Box and answer quality of a (model, processor) on (sample, image) pairs; see the module docstring.
 
     `policy` (default: greedy `model`) writes turn 1; `read_policy` (default: the true-box call, then
     greedy `model`) gives the oracle-crop answers. Both are rollout policies (:mod:`zoomdx_lib.rl.rollout`).
     `per_case` adds ``cases``: per case its id, attribute, label, the model's box (original-image
     pixels; None when the call was invalid), IoU, answer and hit, the true box and the image's
-    width and height (pixels). `progress` shows a bar per turn.
+    width and height (pixels). `progress` shows a bar per turn. `single_turn` also asks every question
+    in the no-zoom baseline's one-turn format, answered greedily from the full view: ``acc_single`` (with
+    its interval) and, per case, ``single_answer`` / ``single_hit``; `single_policy` (default: greedy
+    `model`) writes that one turn.
     """
     torch.manual_seed(seed)
     kw = dict(max_new_tokens=max_new_tokens, crop_pixels=crop_pixels, progress=progress)
@@ -113,13 +138,17 @@ def grounding_report(model, processor, items, crop_pixels: int, max_new_tokens=(
         own = rollout(items, policy or HFPolicy(model, processor), processor, 1, False, **kw)
         oracle = read_policy or OraclePolicy(model, processor, [oracle_turn1(s, im, processor) for s, im in items])
         read = rollout(items, oracle, processor, 1, False, **kw)
+        single = (single_turn_rollout(items, single_policy or HFPolicy(model, processor), processor, 1, False,
+                                      max_new_tokens=max(max_new_tokens)) if single_turn else [None] * len(items))
     cases = []
-    for (s, im), g, r in zip(items, own, read):
+    for (s, im), g, r, one in zip(items, own, read, single):
         box, label = g[0].box, r[0].label
         cases.append(dict(id=s.id, attribute=s.attribute, label=s.label, box=None if box is None else list(box),
                           iou=float(iou(box, s.box)) if box is not None else 0.0, answer=label,
                           hit=bool(label == s.label), true_box=list(s.box), width=im.width, height=im.height,
                           tool_call_valid=bool(g[0].tool.ok), answer_valid=label is not None))
+        if one is not None:
+            cases[-1].update(single_answer=one[0].label, single_hit=bool(one[0].label == s.label))
     report = summarise(cases, n_boot, seed)
     if per_case:
         report["cases"] = cases
@@ -157,13 +186,14 @@ def cases_csv(cases: list[dict], against: Optional[list[dict]] = None) -> str:
     in original-image pixels, IoU, answer and hit; with `against` also against_answer, _hit, _iou."""
     other = {c["id"]: c for c in against or []}
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS + (["against_answer", "against_hit", "against_iou"]
-                                                           if against else []), lineterminator="\n")
+    single = bool(cases) and "single_hit" in cases[0]
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS + (["single_answer", "single_hit"] if single else [])
+                            + (["against_answer", "against_hit", "against_iou"] if against else []), lineterminator="\n")
     writer.writeheader()
     for c in cases:
         box = c["box"] or ["", "", "", ""]
         row = {k: c[k] for k in ("id", "attribute", "label", "answer", "hit", "iou", "width", "height",
-                                 "tool_call_valid", "answer_valid")}
+                                 "tool_call_valid", "answer_valid") + (("single_answer", "single_hit") if single else ())}
         row.update(zip(("x1", "y1", "x2", "y2"), box), **dict(zip(("true_x1", "true_y1", "true_x2", "true_y2"),
                                                                   c["true_box"])))
         if against:
@@ -214,6 +244,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="a second checkpoint folder: also print the paired difference (model - against) of mIoU "
                          "and accuracy on the same cases, with 95 %% intervals")
     ap.add_argument("--against-adapter", default=None, help="optional LoRA adapter folder on top of --against")
+    ap.add_argument("--single-turn", action="store_true",
+                    help="also answer every question in one turn from the full view (the no-zoom baseline's "
+                         "format): acc_single and crop_minus_single, paired by case")
     ap.add_argument("--out", default=None, help="write one CSV row per case to this file")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     return ap
@@ -253,7 +286,7 @@ def main(argv: Optional[list] = None) -> int:
         model, processor = load_policy(folder, adapter, device=prof.device, **prof.model.pixel_bounds)
         return grounding_report(model, processor, items, prof.rollout.crop_pixels, prof.rollout.max_new_tokens,
                                 n_boot=prof.eval.bootstrap_samples, seed=seed, per_case=True,
-                                progress=not args.quiet)["cases"]
+                                progress=not args.quiet, single_turn=args.single_turn)["cases"]
 
     cases = cases_of(model_dir, args.adapter)
     other = cases_of(Path(args.against), args.against_adapter) if args.against else None

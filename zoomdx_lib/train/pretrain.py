@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -236,7 +237,11 @@ class PretrainModel(nn.Module):
         vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation="eager",
                                                                  use_safetensors=True)
         model = cls(vlm)
-        model.heads.load_state_dict(load_file(str(Path(path) / HEADS_FILE)))
+        heads = Path(path) / HEADS_FILE
+        if heads.exists():
+            model.heads.load_state_dict(load_file(str(heads)))
+        else:   # an exported model (e.g. the shipped base) has no heads: continue it with fresh ones
+            warnings.warn(f"{path} has no {HEADS_FILE}: the auxiliary heads start from random weights")
         return model
 
 

@@ -187,7 +187,8 @@ def main(argv: Optional[list] = None) -> int:
                     help="share of cases written with the SFT data's rationales (teaches the base SFT's words)")
     ap.add_argument("--init-from", default=None,
                     help="continue from this pretraining checkpoint (e.g. runs/base/checkpoint-002000) with a new "
-                         "optimizer and schedule; use another --seed so the stream brings new cases")
+                         "optimizer and schedule; use another --seed so the stream brings new cases. An exported "
+                         "model (e.g. zoomdx_lib/base) works too: its auxiliary heads start fresh")
     ap.add_argument("--curriculum", type=int, default=0,
                     help="easy contrast first: this many first steps draw no isoechoic lesion")
     ap.add_argument("--single-turn", type=float, default=0.0,
