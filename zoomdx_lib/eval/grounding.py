@@ -24,7 +24,8 @@ against_acc, miou_diff and acc_diff: (point, low, high) of model minus against, 
 averaged in fractions of each image's width and height (images of different sizes count alike), and
 ``majority_acc`` the accuracy of answering each attribute's most frequent label among these cases:
 constant answers chosen in hindsight, so a model beats them only by looking. Intervals are 95 %
-percentile bootstraps over cases.
+percentile bootstraps over cases. Long because one command serves every data source, two checkpoints
+paired, the one-turn readout and the per-case CSV.
 """
 from __future__ import annotations
 
