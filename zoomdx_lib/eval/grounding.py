@@ -1,4 +1,5 @@
 """Does a checkpoint see? Box quality of its turn 1 and accuracy of its turn 2 from the oracle crop, on any data.
+Long because one command serves every data source, two checkpoints paired, the one-turn readout and the CSV.
 
     python -m zoomdx_lib.eval.grounding --data breast --n 64 --seed 12345 --model runs/cpu/models/sft_zoom_full
     python -m zoomdx_lib.eval.grounding --data bus_bra:bus_bra --folds 3 --out runs/grounding/bus_bra_f3.csv
@@ -24,8 +25,7 @@ against_acc, miou_diff and acc_diff: (point, low, high) of model minus against, 
 averaged in fractions of each image's width and height (images of different sizes count alike), and
 ``majority_acc`` the accuracy of answering each attribute's most frequent label among these cases:
 constant answers chosen in hindsight, so a model beats them only by looking. Intervals are 95 %
-percentile bootstraps over cases. Long because one command serves every data source, two checkpoints
-paired, the one-turn readout and the per-case CSV.
+percentile bootstraps over cases.
 """
 from __future__ import annotations
 
