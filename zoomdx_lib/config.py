@@ -169,6 +169,15 @@ class GRPOConfig:
             raise ValueError(f"unknown GRPO loss_norm {self.loss_norm!r}; choose one of {LOSS_NORMS}")
         if self.ppo_epochs < 1:
             raise ValueError(f"GRPO ppo_epochs must be >= 1, got {self.ppo_epochs}")
+        if self.engine == "trl":   # TRL's GRPOTrainer is driven with one pass and its own sampler
+            changed = [f"{k}={getattr(self, k)!r}" for k, default in EXPLICIT_ONLY.items() if getattr(self, k) != default]
+            if changed:
+                raise ValueError(f"GRPO {', '.join(changed)}: only the explicit engine has these options; set "
+                                 "grpo__engine=explicit or leave them at their defaults")
+
+
+# GRPOConfig options only the explicit engine implements, with their defaults (the TRL engine refuses others).
+EXPLICIT_ONLY = dict(ppo_epochs=1, loss_norm="sequence", refill_rounds=0, balance_labels=False)
 
 
 @dataclass

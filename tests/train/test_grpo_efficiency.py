@@ -163,3 +163,11 @@ def test_train_grpo_hands_the_step_the_balanced_prompts(monkeypatch, tmp_path):
     GR.train_grpo(model, None, items, GRPOConfig(steps=4, prompts_per_step=3, balance_labels=True, checkpoint_every=100),
                   tmp_path, progress=False)
     assert len(seen) == 4 and all(sorted(l for _, l in step) == ["Anechoic", "Hypoechoic", "Isoechoic"] for step in seen)
+
+
+def test_the_trl_engine_refuses_options_only_the_explicit_engine_has():
+    GRPOConfig(engine="trl")   # defaults are fine
+    for field, value in [("ppo_epochs", 2), ("loss_norm", "token"), ("refill_rounds", 1), ("balance_labels", True)]:
+        with pytest.raises(ValueError, match=f"{field}.*only the explicit engine"):
+            GRPOConfig(engine="trl", **{field: value})
+        GRPOConfig(engine="explicit", **{field: value})
