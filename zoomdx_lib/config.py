@@ -217,6 +217,7 @@ class PretrainConfig:
     real_data: Optional[str] = None    # a real data SPEC (bus_bra:PATH, ...) mixed into the stream, train folds only
     real_folds: tuple[int, ...] = (1, 2)   # its folds (BUS-BRA's fold 3 is the workbook's test fold: refused)
     real_share: float = 0.0            # share of the stream's cases drawn from `real_data`
+    crop_context: float = 0.0          # the crop widened by this fraction of the box's sides (surrounding tissue)
     seed: int = 0                      # model init, stream and sampler
     init_from: Optional[str] = None    # a pretraining checkpoint (with its heads) to continue from, fresh schedule
     checkpoint_every: int = 100
@@ -236,6 +237,8 @@ class PretrainConfig:
         for name in ("single_turn", "real_share", "rationales"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} = {getattr(self, name)} is a share of the stream: it must lie in [0, 1]")
+        if not (isinstance(self.crop_context, (int, float)) and 0.0 <= self.crop_context <= 2.0):
+            raise ValueError(f"crop_context = {self.crop_context!r}: a fraction of the box's sides in [0, 2]")
         if self.real_share and not self.real_data:
             raise ValueError("real_share > 0 needs real_data, a data SPEC such as bus_bra:bus_bra")
         if self.real_data and str(self.real_data).startswith("bus_bra") and BUS_BRA_TEST_FOLD in self.real_folds:

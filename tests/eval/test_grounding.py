@@ -29,6 +29,10 @@ def test_a_policy_that_sees_scores_one_and_the_baselines_are_constants(tiny):
     blind = grounding_report(model, processor, items, 112 * 112, policy=ScriptedPolicy(processor, ["no call"], ["x"]),
                              read_policy=ScriptedPolicy(processor, calls, ["<answer>{}</answer>"]), n_boot=50)
     assert blind["miou"] == 0.0 and blind["acc"] == 0.0 and blind["tool_call_valid"] == 0.0
+    # crop context widens the oracle crop, never the scored box
+    wide = grounding_report(model, processor, items, 112 * 112, policy=seeing,
+                            read_policy=ScriptedPolicy(processor, calls, answers), n_boot=50, crop_context=0.25)
+    assert wide["miou"] == rep["miou"] and wide["acc"] == 1.0
 
 
 def test_command_prints_one_json_line(tiny_path, capsys):

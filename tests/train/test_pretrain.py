@@ -270,3 +270,17 @@ def test_the_card_says_when_the_stream_held_one_turn_or_real_cases():
     text = _stage_data(PretrainConfig(single_turn=0.25, real_data="bus_bra:bus_bra", real_share=0.1))
     assert "25% of cases written as the no-zoom baseline's one-turn dialogue" in text
     assert "10% of cases drawn from the REAL data set bus_bra:bus_bra (folds 1, 2 only)" in text
+
+
+def test_crop_context_widens_the_crop_only(tiny_run):
+    from zoomdx_lib.config import PretrainConfig
+    cfg, out, _ = tiny_run
+    _, processor = load_model_and_processor(out / "straight" / "model", min_pixels=cfg.min_pixels,
+                                            max_pixels=cfg.max_pixels)
+    sample, image = stream_case(cfg, 9)
+    tight, wide = (encode_case(sample, image, processor, cfg.crop_pixels, crop_context=c) for c in (0.0, 0.25))
+    assert tight.example.ids == wide.example.ids           # the same call and answer are written
+    assert torch.equal(tight.inside, wide.inside)          # the dense targets stay on the true box
+    assert not torch.equal(tight.example.images[1][0], wide.example.images[1][0])   # the crop itself differs
+    with pytest.raises(ValueError, match="crop_context"):
+        PretrainConfig(crop_context=-0.1)

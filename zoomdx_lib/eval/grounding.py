@@ -121,7 +121,8 @@ def single_turn_summary(cases: list[dict], n_boot: int = 1000, seed: int = 0) ->
 
 def grounding_report(model, processor, items, crop_pixels: int, max_new_tokens=(64, 64), n_boot: int = 1000,
                      seed: int = 0, policy=None, read_policy=None, per_case: bool = False,
-                     progress: bool = False, single_turn: bool = False, single_policy=None) -> dict:
+                     progress: bool = False, single_turn: bool = False, single_policy=None,
+                     crop_context: float = 0.0) -> dict:
     """Box and answer quality of a (model, processor) on (sample, image) pairs; see the module docstring.
 
     `policy` (default: greedy `model`) writes turn 1; `read_policy` (default: the true-box call, then
@@ -131,14 +132,15 @@ def grounding_report(model, processor, items, crop_pixels: int, max_new_tokens=(
     width and height (pixels). `progress` shows a bar per turn. `single_turn` also asks every question
     in the no-zoom baseline's one-turn format, answered greedily from the full view: ``acc_single`` (with
     its interval) and, per case, ``single_answer`` / ``single_hit``; `single_policy` (default: greedy
-    `model`) writes that one turn.
+    `model`) writes that one turn. `crop_context` widens the true box of the oracle crop by that fraction
+    of its sides (the zoom tool's ``pad_frac``); the model's own box is scored unwidened.
     """
     torch.manual_seed(seed)
     kw = dict(max_new_tokens=max_new_tokens, crop_pixels=crop_pixels, progress=progress)
     with torch.no_grad():
         own = rollout(items, policy or HFPolicy(model, processor), processor, 1, False, **kw)
         oracle = read_policy or OraclePolicy(model, processor, [oracle_turn1(s, im, processor) for s, im in items])
-        read = rollout(items, oracle, processor, 1, False, **kw)
+        read = rollout(items, oracle, processor, 1, False, pad_frac=crop_context, **kw)
         single = (single_turn_rollout(items, single_policy or HFPolicy(model, processor), processor, 1, False,
                                       max_new_tokens=max(max_new_tokens)) if single_turn else [None] * len(items))
     cases = []

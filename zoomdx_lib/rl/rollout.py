@@ -157,14 +157,16 @@ class ScriptedPolicy:
 def rollout(items: Sequence[tuple], policy, processor, group_size: int = 1, do_sample: bool = False,
             temperature: float = 0.7, max_new_tokens: tuple[int, int] = (64, 64), crop_pixels: int = 112 * 112,
             min_side: float = MIN_SIDE, rows_per_call: int = 64, progress: bool = False,
-            crop_fn: Optional[CropFn] = None) -> list[list[Trajectory]]:
+            crop_fn: Optional[CropFn] = None, pad_frac: float = 0.0) -> list[list[Trajectory]]:
     """Run Zoom-then-Diagnose rollouts.
 
     items: (sample, PIL image) pairs; sample.question and sample.attribute are used.
     Returns trajectories as [len(items)][group_size]. Boxes come back in original-image pixels;
     the crop is taken from the original-resolution image at the parsed box. `crop_fn(sample, image,
     call, crop)`, when given, replaces the image returned to turn 2 after a valid call (the crop-use
-    check: the true crop, a blank one, a crop elsewhere); the trajectory keeps its own box.
+    check: the true crop, a blank one, a crop elsewhere); the trajectory keeps its own box. `pad_frac`
+    widens every box by that fraction of its width / height on each side before cropping (crop context:
+    the surrounding tissue comes back too; the trajectory's box is then the widened one).
     Long because the two turns and the crop between them are one batched pipeline, read top to bottom.
     """
     tok = processor.tokenizer
@@ -199,7 +201,8 @@ def rollout(items: Sequence[tuple], policy, processor, group_size: int = 1, do_s
         sample, img = items[i][0], images[i]
         text1 = tok.decode([t for t in new_ids if t != eos_id], skip_special_tokens=False)
         msize = model_input_size(img.width, img.height, lo, hi)
-        call, crop = zoom(text1, img, msize, crop_pixels, min_side=min_side, min_pixels=lo, max_pixels=hi)
+        call, crop = zoom(text1, img, msize, crop_pixels, min_side=min_side, pad_frac=pad_frac, min_pixels=lo,
+                          max_pixels=hi)
         if crop_fn is not None and call.ok:
             crop = crop_fn(sample, img, call, crop)
         t = Trajectory(sample_id=sample.id, index=g, turn1_text=text1, tool=call, crop=crop,

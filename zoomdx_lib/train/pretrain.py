@@ -177,7 +177,7 @@ def dense_targets(box_model: Sequence[float], grid_hw: tuple[int, int]) -> tuple
 
 
 def encode_case(sample, image, processor, crop_pixels: int, rationale: bool = False,
-                single_turn: bool = False) -> PretrainExample:
+                single_turn: bool = False, crop_context: float = 0.0) -> PretrainExample:
     """The true-box dialogue of one case, encoded, with the crop the zoom tool itself cuts.
 
     `single_turn` writes the case as the no-zoom baseline's dialogue instead: the full view and the question,
@@ -187,7 +187,9 @@ def encode_case(sample, image, processor, crop_pixels: int, rationale: bool = Fa
     `rationale` writes both turns as the SFT data does (:func:`zoomdx_lib.data.dialogue.build_dialogue`:
     a search rationale before the call, a diagnostic one before the answer), so the base also learns the
     words SFT uses; LoRA never trains the embeddings, so words the base never saw stay unreadable after SFT.
-    Otherwise turn 1 is ``<think>Focus on the lesion.</think>`` + the call and turn 2 the bare answer."""
+    Otherwise turn 1 is ``<think>Focus on the lesion.</think>`` + the call and turn 2 the bare answer.
+    `crop_context` widens the crop (not the call, not the dense targets) by that fraction of the box's
+    sides, as the zoom tool's ``pad_frac`` does."""
     lo, hi = processor_pixel_bounds(processor)
     msize = model_input_size(image.width, image.height, lo, hi)
     if rationale:
@@ -198,6 +200,8 @@ def encode_case(sample, image, processor, crop_pixels: int, rationale: bool = Fa
     call, crop = zoom(turn1, image, msize, crop_pixels, min_pixels=lo, max_pixels=hi)
     if not call.ok:   # the true box is always a valid call; anything else is a bug worth stopping for
         raise ValueError(f"case {sample.id}: the true box {sample.box} gave an invalid tool call ({call.error})")
+    if crop_context:
+        crop = zoom(turn1, image, msize, crop_pixels, pad_frac=crop_context, min_pixels=lo, max_pixels=hi)[1]
     if single_turn:
         answer = P.format_answer(sample.attribute, sample.label)
         if rationale:
@@ -321,7 +325,7 @@ def pretrain(cfg: PretrainConfig, out_dir, resume: bool = True, progress: bool =
         t0 = time.perf_counter()
         easy = sched.last_epoch < cfg.curriculum_steps      # the scheduler counts the steps taken (kept on resume)
         batch = [encode_case(*stream_case(cfg, i, easy), processor, cfg.crop_pixels, rationale=with_rationale(cfg, i),
-                             single_turn=is_single_turn(cfg, i)) for i in indices]
+                             single_turn=is_single_turn(cfg, i), crop_context=cfg.crop_context) for i in indices]
         loss, parts = pretrain_losses(model, batch, processor, cfg)
         opt.zero_grad()
         loss.backward()

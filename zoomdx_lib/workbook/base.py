@@ -40,7 +40,8 @@ def held_out_eval(cfg: PretrainConfig, n: int = 64, n_boot: int = 200):
     def evaluate(model, processor) -> dict:
         out = {}
         for organ, cases in items.items():
-            r = grounding_report(model, processor, cases, cfg.crop_pixels, (48, 24), n_boot=n_boot)
+            r = grounding_report(model, processor, cases, cfg.crop_pixels, (48, 24), n_boot=n_boot,
+                                 crop_context=cfg.crop_context)
             out[organ] = {k: r[k] for k in ("miou", "miou_ci", "mean_box_miou", "acc", "acc_ci", "majority_acc",
                                              "tool_call_valid")}
         out["miou"] = sum(out[o]["miou"] for o in items) / len(items)
@@ -55,7 +56,7 @@ def card_numbers(model_dir, cfg: PretrainConfig, n: int = 64) -> dict:
     out = {}
     for organ, seed in CARD_SEEDS.items():
         report = grounding_report(model, processor, fresh_cases(organ, n, seed, cfg.image_size), cfg.crop_pixels,
-                                  (48, 24), seed=seed)
+                                  (48, 24), seed=seed, crop_context=cfg.crop_context)
         out[organ] = dict(seed=seed, **report)
     return out
 
@@ -101,6 +102,9 @@ def _stage_data(cfg: PretrainConfig) -> str:
     if cfg.real_share:
         turns += (f"; {cfg.real_share:.0%} of cases drawn from the REAL data set {cfg.real_data} "
                   f"(folds {', '.join(map(str, cfg.real_folds))} only), boxes from its masks")
+    if cfg.crop_context:
+        turns += (f"; the crop widened by {cfg.crop_context:.0%} of the box's sides on each side (surrounding tissue): "
+                  f"rollouts must crop the same way")
     return turns
 
 
@@ -197,6 +201,8 @@ def main(argv: Optional[list] = None) -> int:
                     help="a real data SPEC mixed into the stream, e.g. bus_bra:bus_bra (relative to $ZOOMDX_DATA)")
     ap.add_argument("--real-folds", default="1,2", help="its folds (BUS-BRA's test fold 3 is refused)")
     ap.add_argument("--real-share", type=float, default=0.0, help="share of the stream drawn from --real-data")
+    ap.add_argument("--crop-context", type=float, default=0.0,
+                    help="widen the crop by this fraction of the box's sides (the tissue around the lesion)")
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--ship", action="store_true", help=f"after training, copy the model into {SHIPPED_BASE}")
@@ -206,7 +212,8 @@ def main(argv: Optional[list] = None) -> int:
     cfg = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          warmup=args.warmup, init_from=args.init_from, rationales=args.rationales, curriculum_steps=args.curriculum, aux=tuple(a for a in args.aux.split(",") if a),
                          single_turn=args.single_turn, real_data=args.real_data, real_share=args.real_share,
-                         real_folds=tuple(int(f) for f in args.real_folds.split(",") if f))
+                         real_folds=tuple(int(f) for f in args.real_folds.split(",") if f),
+                         crop_context=args.crop_context)
     result = pretrain(cfg, args.out, evaluate=held_out_eval(cfg), eval_every=args.eval_every)
     last = result["evals"][-1] if result["evals"] else {}
     print(json.dumps({"model": result["model"], "held_out_miou": last.get("miou"), "held_out_acc": last.get("acc")}))

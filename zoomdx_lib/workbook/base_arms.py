@@ -46,7 +46,10 @@ ARMS: dict[str, list[str]] = {
     "continue": [],
     "single_turn": ["--single-turn", "0.3"],
     "real": ["--real-data", "bus_bra:bus_bra", "--real-share", "0.3"],
+    "context": ["--crop-context", "0.25"],
 }
+# How an arm's models are evaluated when it changes the tool itself (its crop has context; the control's none).
+ARM_EVAL: dict[str, dict] = {"context": dict(crop_context=0.25)}
 STAGE3 = ["--lr", "3e-4", "--warmup", "20", "--rationales", "0.5", "--aux", "mask,pos"]
 EVAL_SEEDS = {"liver": 7701, "breast": 7702, "thyroid": 7703}
 REAL_SET = ("bus_bra_f3", "bus_bra:bus_bra", [3])
@@ -72,8 +75,9 @@ def eval_sets(n: int, real: bool) -> dict:
     return sets
 
 
-def evaluate_model(model_dir, cache: Path, sets: dict, profile, progress: bool = True) -> dict:
-    """{set: per-case records} of one model, cached in `cache` (JSON) set by set."""
+def evaluate_model(model_dir, cache: Path, sets: dict, profile, progress: bool = True, **report_kw) -> dict:
+    """{set: per-case records} of one model, cached in `cache` (JSON) set by set; `report_kw` go to
+    :func:`grounding_report` (e.g. ``crop_context``)."""
     done = json.loads(cache.read_text()) if cache.exists() else {}
     todo = [name for name in sets if name not in done]
     if not todo:
@@ -84,7 +88,7 @@ def evaluate_model(model_dir, cache: Path, sets: dict, profile, progress: bool =
         items, _ = load_cases(spec, n, seed, profile.data.image_size, folds)
         report = grounding_report(model, processor, items, profile.rollout.crop_pixels,
                                   profile.rollout.max_new_tokens, n_boot=200, seed=seed, per_case=True,
-                                  progress=progress, single_turn=True)
+                                  progress=progress, single_turn=True, **report_kw)
         done[name] = report["cases"]
         atomic_write_json(cache, done)
     return done
@@ -154,7 +158,7 @@ def run(out, arms: Sequence[str], trainings: Sequence[int], steps: int, n: int, 
             model = train_arm(arm, seed, out, steps)
             seconds[f"{arm}/s{seed}"] = train_seconds(out / arm / f"s{seed}")
             results[f"{arm}/s{seed}"] = evaluate_model(model, out / arm / f"s{seed}" / "arm_eval.json", sets, profile,
-                                                       progress)
+                                                       progress, **ARM_EVAL.get(arm, {}))
             summary, diffs = tables(results)
             atomic_write_json(out / "arms.json", dict(steps=steps, n=n, sets={k: list(map(str, v)) for k, v in sets.items()},
                                                       stage3=STAGE3, arms={a: ARMS[a] for a in arms},
