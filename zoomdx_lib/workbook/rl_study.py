@@ -183,10 +183,13 @@ def run_study(out_dir, seeds: Sequence[int] = (0, 1, 2), overrides: Optional[dic
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "study.json", dict(seeds=list(seeds), profile=profile_name, overrides=overrides,
                                                    n_eval=n_eval, n_crop=n_crop))
+    summarised = set(json.loads((out_dir / "summary.json").read_text())["seeds"]) if (out_dir / "summary.json").exists() else set()
     done, summary = {}, {}
     for seed in seeds:
         done[seed] = run_seed(seed, out_dir, overrides, n_eval, n_crop, progress, profile_name)
-        summary = summarise(done, out_dir)
+        # pooling takes minutes; a resumed study skips it for the seeds an earlier pass had already pooled
+        if seed == seeds[-1] or not set(done) <= summarised:
+            summary = summarise(done, out_dir)
     return summary
 
 
