@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PUBLISH := $(if $(filter cpu,$(PROFILE)),--publish-figures figures,)
 
-.PHONY: install workbook test lab bench base gpu-smoke clean-runs rl-controls rl-study results
+.PHONY: install workbook test lab bench base base-arms gpu-smoke clean-runs rl-controls rl-study results
 
 # Bootstraps .venv when missing; re-runs pip only when pyproject.toml changed (idempotent).
 $(VENV)/.installed: pyproject.toml
@@ -29,6 +29,11 @@ base: install
 	$(PY) -m zoomdx_lib.workbook.base --out runs/base --steps 2000 --lr 1e-3 --seed 0 --curriculum 1000 $(ARGS)
 	$(PY) -m zoomdx_lib.workbook.base --out runs/base_rationale --init-from runs/base/checkpoint-002000 \
 		--seed 2 --steps 1200 --lr 5e-4 --warmup 50 --rationales 0.5 --ship $(ARGS)
+
+# Base ablation arms (docs/base.md): a short third stage from the shipped base per arm, two trainings each,
+# paired on fresh cases (and BUS-BRA fold 3 when ZOOMDX_DATA holds it); resumable.
+base-arms: install
+	$(PY) -m zoomdx_lib.workbook.base_arms --out runs/base_arms $(ARGS)
 
 # The results page from a finished run folder (default runs/$(PROFILE)): tables, claims, timing, commit, profile.
 results: install

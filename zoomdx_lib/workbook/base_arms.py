@@ -1,7 +1,7 @@
 """Base ablation arms continued from the shipped base, each trained twice, paired on fresh cases and BUS-BRA fold 3.
 
     python -m zoomdx_lib.workbook.base_arms --out runs/base_arms            # every arm, two trainings each
-    python -m zoomdx_lib.workbook.base_arms --arms continue,single_turn --steps 300 --trainings 21
+    python -m zoomdx_lib.workbook.base_arms --arms continue,single_turn --steps 400 --trainings 21
 
 A full base costs 44 + 32 min of steps on 2 cores, so arms that ask "does this data change what the base
 reads?" are run as a short third stage from the shipped base (`zoomdx_lib/base`, fresh auxiliary heads):
@@ -175,8 +175,8 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--out", default="runs/base_arms")
     ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, from {','.join(ARMS)}")
     ap.add_argument("--trainings", default="21,22", help="training seeds: each arm is trained once per seed")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--n", type=int, default=128, help="fresh synthetic cases per organ")
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--n", type=int, default=192, help="fresh synthetic cases per organ")
     ap.add_argument("--real", action=argparse.BooleanOptionalAction, default=None,
                     help="evaluate on BUS-BRA fold 3 (default: when $ZOOMDX_DATA is set)")
     ap.add_argument("--no-progress", action="store_true")
