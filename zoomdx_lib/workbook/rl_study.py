@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ..config import Profile, get_profile, parse_key_values
 from ..data.fresh import fresh_items
@@ -79,6 +80,23 @@ def decided_claim(row: dict, half_width: float) -> bool:
         return False
     target = DECIDE_HALF_WIDTH.get(row["metric"])
     return bool(row["low"] > 0 or row["high"] < 0 or (target is not None and half_width <= target))
+
+
+def seed_interval(per_run: str) -> dict:
+    """A 95 % t-interval over the seeds' own differences (``per_run``, "+0.010, -0.020, ..."): how far the
+    claim holds across trainings, which the case-resampled interval (the models held fixed) does not show.
+    NaN with fewer than two seeds.
+
+    >>> r = seed_interval("+0.10, +0.20, +0.30")
+    >>> round(r["seed_low"], 3), round(r["seed_high"], 3), r["seed_sign"]
+    (-0.048, 0.448, 'not separable')
+    """
+    d = np.array([float(x) for x in str(per_run).split(",") if x.strip() not in ("", "nan")])
+    if len(d) < 2:
+        return dict(seed_low=float("nan"), seed_high=float("nan"), seed_sign="")
+    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    low, high = float(d.mean() - half), float(d.mean() + half)
+    return dict(seed_low=low, seed_high=high, seed_sign="above 0" if low > 0 else "below 0" if high < 0 else "not separable")
 
 
 def power_row(row: dict) -> dict:
@@ -152,13 +170,13 @@ def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
     out_dir = Path(out_dir)
     runs = {f"seed{s}": (r["results"], r["eval_seed"]) for s, r in seeds.items()}
     datasets = [f"test_{o}" for o in ORGANS]
-    rows = [dict(r, **power_row(r)) for r in claims_over_runs(runs, datasets, n_boot=n_boot, claims=RL_CLAIMS)
-            if r["verdict"] != "not measured"]
+    rows = [dict(r, **power_row(r), **seed_interval(r["per_run"]))
+            for r in claims_over_runs(runs, datasets, n_boot=n_boot, claims=RL_CLAIMS) if r["verdict"] != "not measured"]
     for r in rows:
         r["decided"] = decided_claim(r, r["half_width"])
     claims = pd.DataFrame(rows)
     cols = ["claim", "dataset", "metric", "better", "worse", "runs", "n", "delta", "low", "high", "per_run", "agree", "verdict",
-            "half_width", "min_detectable", "n_to_decide", "decided"]
+            "half_width", "min_detectable", "n_to_decide", "decided", "seed_low", "seed_high", "seed_sign"]
     atomic_write_text(out_dir / "claims.md", claims[cols].round(3).to_markdown(index=False) + "\n")
     claims[cols].to_csv(out_dir / "claims.csv", index=False)
     crop = pd.DataFrame([dict(seed=s, **row) for s, r in seeds.items() for row in r["crop_use"]])
