@@ -42,6 +42,18 @@ TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
 TAGS = (TOOL_CALL_OPEN, TOOL_CALL_CLOSE, THINK_OPEN, THINK_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
 ZOOM_TEXT = "(Zoomed view)"        # the user text that comes with the crop image
+# Appended to the question when a base that knows both formats is asked to answer in one turn from the full
+# view: the Zoom-then-Diagnose prompt and the one-turn prompt are otherwise the same text.
+ONE_TURN_INSTRUCTION = "Answer directly from the full image, without zooming."
+
+
+def one_turn_question(question: str) -> str:
+    """The question with :data:`ONE_TURN_INSTRUCTION` on its own line.
+
+    >>> one_turn_question("What is the echogenicity?")
+    'What is the echogenicity?\\nAnswer directly from the full image, without zooming.'
+    """
+    return f"{question}\n{ONE_TURN_INSTRUCTION}"
 
 THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)

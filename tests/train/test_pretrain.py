@@ -212,6 +212,10 @@ def test_single_turn_cases_read_the_full_view_without_a_call(tiny_run):
     text = processor.tokenizer.decode([t for t, m in zip(one.example.ids, one.example.mask) if m])
     assert "<tool_call>" not in text and "<answer>" in text and sample.label in text
     assert len(one.example.images) == 1 and torch.equal(one.inside, zoom.inside)   # the full view's targets
+    from zoomdx_lib.protocol import ONE_TURN_INSTRUCTION
+    # the prompt says which format is asked: the zoom prompt is otherwise the same text
+    assert ONE_TURN_INSTRUCTION in processor.tokenizer.decode(one.example.ids)
+    assert ONE_TURN_INSTRUCTION not in processor.tokenizer.decode(zoom.example.ids)
     from zoomdx_lib.data.dialogue import diagnostic_rationale
     rich = encode_case(sample, image, processor, cfg.crop_pixels, rationale=True, single_turn=True)
     rich_text = processor.tokenizer.decode([t for t, m in zip(rich.example.ids, rich.example.mask) if m])

@@ -130,7 +130,8 @@ def grounding_report(model, processor, items, crop_pixels: int, max_new_tokens=(
     `per_case` adds ``cases``: per case its id, attribute, label, the model's box (original-image
     pixels; None when the call was invalid), IoU, answer and hit, the true box and the image's
     width and height (pixels). `progress` shows a bar per turn. `single_turn` also asks every question
-    in the no-zoom baseline's one-turn format, answered greedily from the full view: ``acc_single`` (with
+    in one turn (the question with :data:`~zoomdx_lib.protocol.ONE_TURN_INSTRUCTION`), answered greedily
+    from the full view: ``acc_single`` (with
     its interval) and, per case, ``single_answer`` / ``single_hit``; `single_policy` (default: greedy
     `model`) writes that one turn. `crop_context` widens the true box of the oracle crop by that fraction
     of its sides (the zoom tool's ``pad_frac``); the model's own box is scored unwidened.
@@ -142,7 +143,8 @@ def grounding_report(model, processor, items, crop_pixels: int, max_new_tokens=(
         oracle = read_policy or OraclePolicy(model, processor, [oracle_turn1(s, im, processor) for s, im in items])
         read = rollout(items, oracle, processor, 1, False, pad_frac=crop_context, **kw)
         single = (single_turn_rollout(items, single_policy or HFPolicy(model, processor), processor, 1, False,
-                                      max_new_tokens=max(max_new_tokens)) if single_turn else [None] * len(items))
+                                      max_new_tokens=max(max_new_tokens), instruct=True) if single_turn
+                  else [None] * len(items))
     cases = []
     for (s, im), g, r, one in zip(items, own, read, single):
         box, label = g[0].box, r[0].label

@@ -18,7 +18,7 @@ from ..geometry import MIN_SIDE, model_box, model_input_size, processor_pixel_bo
 from ..io import progress as progress_bar
 from ..model import chat
 from .. import protocol as P
-from ..protocol import Answer, ToolCall, extract_answer
+from ..protocol import Answer, ToolCall, extract_answer, one_turn_question
 from .rewards import trajectory_format
 from .zoom import zoom
 
@@ -230,16 +230,20 @@ def rollout(items: Sequence[tuple], policy, processor, group_size: int = 1, do_s
 
 
 def single_turn_rollout(items: Sequence[tuple], policy, processor, group_size: int = 1, do_sample: bool = False,
-                        temperature: float = 0.7, max_new_tokens: int = 64, rows_per_call: int = 64):
+                        temperature: float = 0.7, max_new_tokens: int = 64, rows_per_call: int = 64,
+                        instruct: bool = False):
     """The no-zoom baseline: one assistant turn that answers directly. Returns [len(items)][group_size]
-    trajectories whose tool is an 'absent' ToolCall and whose answer is parsed from the single turn."""
+    trajectories whose tool is an 'absent' ToolCall and whose answer is parsed from the single turn.
+    `instruct` appends :data:`~zoomdx_lib.protocol.ONE_TURN_INSTRUCTION` to each question (a base pretrained
+    on both formats answers in one turn only when asked to; the single-turn SFT arm uses the plain question)."""
     tok = processor.tokenizer
     eos_id = tok.convert_tokens_to_ids("<|im_end|>")
     images = [img.convert("RGB") for _, img in items]
     full = chat.encode_images(processor, images)
     rows, imgs, meta = [], [], []
     for i, (sample, _) in enumerate(items):
-        text = chat.expand_image_tokens(chat.render_prompt(processor, sample.question), [full.grid_thw[i]], processor)
+        question = one_turn_question(sample.question) if instruct else sample.question
+        text = chat.expand_image_tokens(chat.render_prompt(processor, question), [full.grid_thw[i]], processor)
         ids = chat.tokenize(processor, text)
         for g in range(group_size):
             rows.append(ids)

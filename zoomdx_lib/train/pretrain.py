@@ -180,8 +180,9 @@ def encode_case(sample, image, processor, crop_pixels: int, rationale: bool = Fa
                 single_turn: bool = False, crop_context: float = 0.0) -> PretrainExample:
     """The true-box dialogue of one case, encoded, with the crop the zoom tool itself cuts.
 
-    `single_turn` writes the case as the no-zoom baseline's dialogue instead: the full view and the question,
-    answered in one turn (after the full-view diagnostic rationale when `rationale`), no tool call and no
+    `single_turn` writes the case as the no-zoom baseline's dialogue instead: the full view and the question
+    with :data:`~zoomdx_lib.protocol.ONE_TURN_INSTRUCTION` (the zoom prompt is otherwise the same text, so
+    without it the base could not tell which format is asked), answered in one turn (after the full-view diagnostic rationale when `rationale`), no tool call and no
     crop. The dense targets are the same (they read the full view).
 
     `rationale` writes both turns as the SFT data does (:func:`zoomdx_lib.data.dialogue.build_dialogue`:
@@ -207,8 +208,8 @@ def encode_case(sample, image, processor, crop_pixels: int, rationale: bool = Fa
         if rationale:
             answer = P.turn(diagnostic_rationale(sample.attribute, sample.label, sample.c, sample.rater_labels,
                                                  f"pretrain-single:{sample.id}", view="full"), answer)
-        ex = encode_conversation(processor, chat.single_turn_text(processor, sample.question, answer), [image],
-                                 sample.id)
+        ex = encode_conversation(processor, chat.single_turn_text(processor, P.one_turn_question(sample.question),
+                                                                  answer), [image], sample.id)
     else:
         text = chat.dialogue_text(processor, sample.question, turn1, turn2)
         ex = encode_conversation(processor, text, [image, crop], sample.id)
