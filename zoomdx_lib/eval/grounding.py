@@ -131,9 +131,8 @@ def grounding_report(model, processor, items, crop_pixels: int, max_new_tokens=(
     pixels; None when the call was invalid), IoU, answer and hit, the true box and the image's
     width and height (pixels). `progress` shows a bar per turn. `single_turn` also asks every question
     in one turn (the question with :data:`~zoomdx_lib.protocol.ONE_TURN_INSTRUCTION`), answered greedily
-    from the full view: ``acc_single`` (with
-    its interval) and, per case, ``single_answer`` / ``single_hit``; `single_policy` (default: greedy
-    `model`) writes that one turn. `crop_context` widens the true box of the oracle crop by that fraction
+    from the full view: ``acc_single`` with its interval and, per case, ``single_answer`` / ``single_hit``;
+    `single_policy` (default: greedy `model`) writes that one turn. `crop_context` widens the true box of the oracle crop by that fraction
     of its sides (the zoom tool's ``pad_frac``); the model's own box is scored unwidened.
     """
     torch.manual_seed(seed)
@@ -168,7 +167,8 @@ def by_attribute(cases: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
 
 def paired_grounding_difference(cases: list[dict], against: list[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     """``{"miou": (point, low, high), "acc": (...)}`` of `cases` minus `against` (``cases`` lists of
-    :func:`grounding_report` with ``per_case``), matched by id, with one bootstrap draw of cases for both.
+    :func:`grounding_report` with ``per_case``), matched by id, with one bootstrap draw of cases for both;
+    also ``"acc_single"`` when both lists carry one-turn answers (``single_turn``).
 
     >>> a = [dict(id=i, iou=0.5, hit=True) for i in range(8)]
     >>> b = [dict(id=i, iou=0.25, hit=i < 4) for i in range(8)]
@@ -176,9 +176,15 @@ def paired_grounding_difference(cases: list[dict], against: list[dict], n_boot: 
     >>> d["miou"], d["acc"][0]
     ((0.25, 0.25, 0.25), 0.5)
     """
+    keys = ("miou", "acc") + (("acc_single",) if cases and against and "single_hit" in cases[0]
+                              and "single_hit" in against[0] else ())
+
     def means(cases):
-        return {"miou": float(np.mean([c["iou"] for c in cases])), "acc": float(np.mean([c["hit"] for c in cases]))}
-    ci = paired_difference(cases, against, means, ("miou", "acc"), n_boot, seed)
+        out = {"miou": float(np.mean([c["iou"] for c in cases])), "acc": float(np.mean([c["hit"] for c in cases]))}
+        if "acc_single" in keys:
+            out["acc_single"] = float(np.mean([c["single_hit"] for c in cases]))
+        return out
+    ci = paired_difference(cases, against, means, keys, n_boot, seed)
     return {k: tuple(float(x) for x in v) for k, v in ci.items()}
 
 

@@ -18,7 +18,7 @@ from ..geometry import MIN_SIDE, model_box, model_input_size, processor_pixel_bo
 from ..io import progress as progress_bar
 from ..model import chat
 from .. import protocol as P
-from ..protocol import Answer, ToolCall, extract_answer, one_turn_question
+from ..protocol import Answer, ToolCall, extract_answer
 from .rewards import trajectory_format
 from .zoom import zoom
 
@@ -242,7 +242,7 @@ def single_turn_rollout(items: Sequence[tuple], policy, processor, group_size: i
     full = chat.encode_images(processor, images)
     rows, imgs, meta = [], [], []
     for i, (sample, _) in enumerate(items):
-        question = one_turn_question(sample.question) if instruct else sample.question
+        question = P.one_turn_question(sample.question) if instruct else sample.question
         text = chat.expand_image_tokens(chat.render_prompt(processor, question), [full.grid_thw[i]], processor)
         ids = chat.tokenize(processor, text)
         for g in range(group_size):

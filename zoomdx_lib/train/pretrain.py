@@ -182,8 +182,9 @@ def encode_case(sample, image, processor, crop_pixels: int, rationale: bool = Fa
 
     `single_turn` writes the case as the no-zoom baseline's dialogue instead: the full view and the question
     with :data:`~zoomdx_lib.protocol.ONE_TURN_INSTRUCTION` (the zoom prompt is otherwise the same text, so
-    without it the base could not tell which format is asked), answered in one turn (after the full-view diagnostic rationale when `rationale`), no tool call and no
-    crop. The dense targets are the same (they read the full view).
+    without it the base could not tell which format is asked), answered in one turn (after the full-view
+    diagnostic rationale when `rationale`), no tool call and no crop. The dense targets are the same (they
+    read the full view).
 
     `rationale` writes both turns as the SFT data does (:func:`zoomdx_lib.data.dialogue.build_dialogue`:
     a search rationale before the call, a diagnostic one before the answer), so the base also learns the

@@ -30,15 +30,14 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import pandas as pd
 
 from ..config import SHIPPED_BASE, get_profile
 from ..data.sources import load_cases
-from ..eval.claims import paired_difference
-from ..eval.grounding import grounding_report, summarise
+from ..eval.grounding import grounding_report, paired_grounding_difference, summarise
 from ..io import atomic_write_json, atomic_write_text, progress as progress_bar
 from ..model.load import load_policy
+from ..train.loop import read_log
 from . import base as base_cli
 
 # One change per arm against the control; the real-data arm needs BUS-BRA under $ZOOMDX_DATA.
@@ -56,16 +55,6 @@ REAL_SET = ("bus_bra_f3", "bus_bra:bus_bra", [3])
 METRICS = ("miou", "acc", "acc_single")
 
 
-def case_metrics(cases: list[dict]) -> dict:
-    """Means of one model's per-case records: mIoU, accuracy from the true crop, one-turn accuracy.
-
-    >>> case_metrics([dict(iou=0.5, hit=True, single_hit=False), dict(iou=0.0, hit=False, single_hit=False)])
-    {'miou': 0.25, 'acc': 0.5, 'acc_single': 0.0}
-    """
-    return {"miou": float(np.mean([c["iou"] for c in cases])), "acc": float(np.mean([c["hit"] for c in cases])),
-            "acc_single": float(np.mean([c["single_hit"] for c in cases]))}
-
-
 def eval_sets(n: int, real: bool) -> dict:
     """{set name: (data SPEC, n or None, seed, folds)} of the comparison."""
     sets = {organ: (organ, n, seed, None) for organ, seed in EVAL_SEEDS.items()}
@@ -75,18 +64,30 @@ def eval_sets(n: int, real: bool) -> dict:
     return sets
 
 
-def evaluate_model(model_dir, cache: Path, sets: dict, profile, progress: bool = True, **report_kw) -> dict:
+class EvalCases:
+    """The (sample, image) pairs of each evaluation set, drawn or read once and shared by every model."""
+
+    def __init__(self, sets: dict, profile):
+        self.sets, self.profile, self._items = sets, profile, {}
+
+    def __call__(self, name: str) -> list:
+        if name not in self._items:
+            spec, n, seed, folds = self.sets[name]
+            self._items[name] = load_cases(spec, n, seed, self.profile.data.image_size, folds)[0]
+        return self._items[name]
+
+
+def evaluate_model(model_dir, cache: Path, cases: EvalCases, profile, progress: bool = True, **report_kw) -> dict:
     """{set: per-case records} of one model, cached in `cache` (JSON) set by set; `report_kw` go to
     :func:`grounding_report` (e.g. ``crop_context``)."""
     done = json.loads(cache.read_text()) if cache.exists() else {}
-    todo = [name for name in sets if name not in done]
+    todo = [name for name in cases.sets if name not in done]
     if not todo:
         return done
     model, processor = load_policy(str(model_dir), None, device=profile.device, **profile.model.pixel_bounds)
     for name in todo:
-        spec, n, seed, folds = sets[name]
-        items, _ = load_cases(spec, n, seed, profile.data.image_size, folds)
-        report = grounding_report(model, processor, items, profile.rollout.crop_pixels,
+        seed = cases.sets[name][2]
+        report = grounding_report(model, processor, cases(name), profile.rollout.crop_pixels,
                                   profile.rollout.max_new_tokens, n_boot=200, seed=seed, per_case=True,
                                   progress=progress, single_turn=True, **report_kw)
         done[name] = report["cases"]
@@ -106,14 +107,6 @@ def train_arm(arm: str, seed: int, out: Path, steps: int) -> Path:
                                                   seconds_last_pass=time.perf_counter() - t0,
                                                   args=STAGE3 + ARMS[arm]))
     return model
-
-
-def train_seconds(run: Path) -> float:
-    """Seconds of training steps in a run's log (every pass, resumed ones included)."""
-    log = run / "log.jsonl"
-    if not log.exists():
-        return float("nan")
-    return float(sum(json.loads(line).get("seconds", 0.0) for line in log.read_text().splitlines() if line.strip()))
 
 
 def tables(results: dict, n_boot: int = 1000) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -137,7 +130,7 @@ def tables(results: dict, n_boot: int = 1000) -> tuple[pd.DataFrame, pd.DataFram
         for name, cases in per_set.items():
             if name not in control:
                 continue
-            d = paired_difference(cases, control[name], case_metrics, METRICS, n_boot)
+            d = paired_grounding_difference(cases, control[name], n_boot)
             diffs.append(dict(arm=arm, training=seed, set=name, n=len(cases),
                               **{f"d_{m}": d[m][0] for m in METRICS},
                               **{f"d_{m}_ci": [round(d[m][1], 3), round(d[m][2], 3)] for m in METRICS}))
@@ -151,13 +144,15 @@ def run(out, arms: Sequence[str], trainings: Sequence[int], steps: int, n: int, 
     real = bool(os.environ.get("ZOOMDX_DATA")) if real is None else real
     profile = get_profile("cpu")
     sets = eval_sets(n, real)
-    results = {"shipped": evaluate_model(SHIPPED_BASE, out / "shipped_eval.json", sets, profile, progress)}
+    cases = EvalCases(sets, profile)
+    results = {"shipped": evaluate_model(SHIPPED_BASE, out / "shipped_eval.json", cases, profile, progress)}
     seconds = {}
     for seed in trainings:
         for arm in progress_bar(list(arms), progress, desc=f"training {seed}: arms"):
             model = train_arm(arm, seed, out, steps)
-            seconds[f"{arm}/s{seed}"] = train_seconds(out / arm / f"s{seed}")
-            results[f"{arm}/s{seed}"] = evaluate_model(model, out / arm / f"s{seed}" / "arm_eval.json", sets, profile,
+            # seconds of training steps, every pass (resumed ones too)
+            seconds[f"{arm}/s{seed}"] = sum(r.get("seconds", 0.0) for r in read_log(out / arm / f"s{seed}"))
+            results[f"{arm}/s{seed}"] = evaluate_model(model, out / arm / f"s{seed}" / "arm_eval.json", cases, profile,
                                                        progress, **ARM_EVAL.get(arm, {}))
             summary, diffs = tables(results)
             atomic_write_json(out / "arms.json", dict(steps=steps, n=n, sets={k: list(map(str, v)) for k, v in sets.items()},

@@ -132,8 +132,7 @@ def run_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, prog
              profile_name: str = "cpu") -> dict:
     """One seed of the study: SFT start, the three arms, evaluations; returns {results, eval_seed, curves,
     crop_use, seconds}. `seconds` adds up the wall time of every pass over this seed that reached its end
-    (kept in ``seedS/seconds.json``), so a resumed seed counts the passes before the kill that finished a step
-    it reused only if they ran to the end; a killed pass's time is lost."""
+    (kept in ``seedS/seconds.json``); the time of a killed pass is lost."""
     t0 = time.perf_counter()
     profile = get_profile(profile_name, seed=seed, **overrides)
     seed_dir = Path(out_dir) / f"seed{seed}"
