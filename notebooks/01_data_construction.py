@@ -37,6 +37,7 @@ real_splits = [{"name": "busbra", "importer": "bus_bra", "path": "bus_bra"}]
 # Real images the synthetic ones are measured against (train folds only: fold 3 is BUS-BRA's test fold)
 realism_reference = "bus_bra:bus_bra"
 realism_folds = [1, 2]
+realism_styles = ["default", "bus_bra"]   # imaging styles of the synthetic side (zoomdx_lib.data.synth.STYLES)
 
 # %%
 import pandas as pd
@@ -187,11 +188,14 @@ display(pd.DataFrame({k: R.grain_row(v) for k, v in grain.items()}).T)
 # speckle grain axial and lateral, lesion / background contrast (dB; per echo class for synthetic cases, per
 # pathology for BUS-BRA, which has no echo label), lesion size and aspect. Medians with 95 % bootstrap
 # intervals (`zoomdx_lib/eval/realism.py`). Where the intervals do not overlap, the generator is off.
+# Each style in `realism_styles` images the same synthetic cases: `default` is the generator as the chain
+# uses it; `bus_bra` was fitted to these train folds (grey level, dynamic range, point-spread function,
+# lesion size), and pretraining can use it (`python -m zoomdx_lib.workbook.base --synth-style bus_bra`).
 
 # %%
 with run.phase("realism"):
     realism = RE.realism_comparison(realism_reference, realism_folds, n_read_test, "breast", prof.data.image_size,
-                                    seed, prof.eval.bootstrap_samples)
+                                    seed, prof.eval.bootstrap_samples, styles=realism_styles)
 if realism["skipped"]:
     print(realism["skipped"])
 TB.write_table(RE.realism_wide(realism["table"]), run.tables_dir, "realism",

@@ -218,6 +218,7 @@ class PretrainConfig:
     real_folds: tuple[int, ...] = (1, 2)   # its folds (BUS-BRA's fold 3 is the workbook's test fold: refused)
     real_share: float = 0.0            # share of the stream's cases drawn from `real_data`
     crop_context: float = 0.0          # the crop widened by this fraction of the box's sides (surrounding tissue)
+    synth_style: str = "default"       # imaging style of the synthetic cases of the style's organs (data.synth.STYLES)
     seed: int = 0                      # model init, stream and sampler
     init_from: Optional[str] = None    # a pretraining checkpoint (with its heads) to continue from, fresh schedule
     checkpoint_every: int = 100

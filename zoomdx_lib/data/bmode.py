@@ -153,11 +153,12 @@ def scatterers(rng, logA, tgc, noise: float) -> np.ndarray:
     return rf
 
 
-def log_compress(rng, env_img, g: dict, dynamic_range: float) -> np.ndarray:
+def log_compress(rng, env_img, g: dict, dynamic_range: float,
+                 gray_level: tuple[float, float] = GRAY_LEVEL) -> np.ndarray:
     """The 8-bit S x S image: log of the scan-converted envelope `env_img` over `dynamic_range` dB,
-    the tissue's mean at a drawn gray level (GRAY_LEVEL); 0 outside the seen region g["fov"]."""
+    the tissue's mean at a gray level drawn from `gray_level`; 0 outside the seen region g["fov"]."""
     ref = float(env_img[g["fov"]].mean())
-    gray = rng.uniform(*GRAY_LEVEL) + 255 / dynamic_range * 20 * np.log10(env_img / ref + ENVELOPE_FLOOR)
+    gray = rng.uniform(*gray_level) + 255 / dynamic_range * 20 * np.log10(env_img / ref + ENVELOPE_FLOOR)
     image = np.clip(gray, 0, 255).astype(np.uint8)
     image[~g["fov"]] = 0
     return image

@@ -34,7 +34,7 @@ from PIL import Image
 
 from ..schema import ATTRIBUTE_LABELS, ATTRIBUTES, Sample, check_attribute
 from .anatomy import add_vessels, layers, wavy
-from .bmode import envelope, log_compress, rf_window, scan_convert, scan_geometry, scatterers, smooth_field
+from .bmode import GRAY_LEVEL, envelope, log_compress, rf_window, scan_convert, scan_geometry, scatterers, smooth_field
 from .raters import ASPECT_MAX, ECHO_DB, IRREG_MAX, T_IRREG, T_MARGIN, T_ROUND, closeness, simulate_raters
 
 # Geometry in units of the output size S; PSF sds (axial pulse envelope, lateral beam at focus) and
@@ -47,6 +47,44 @@ ORGAN_PRESETS: dict[str, dict] = {
     "thyroid": dict(probe="linear", axial=0.65, lateral=1.3, focus=0.5, atten_db=18.0, texture=0.1, texture_px=2.0,
                     dynamic_range=55.0, lesion_depth=(0.25, 0.8), vessels=(0, 0)),
 }
+
+
+# Imaging styles: changes to an organ preset that bring its images closer to one real scanner's. "default"
+# is the generator as its presets say. "bus_bra" was fitted, statistic by statistic, to BUS-BRA's breast
+# train folds 1-2 (:mod:`zoomdx_lib.eval.realism`, notebook 01; fold 3 never looked at): a darker image
+# (grey mean), a wider dynamic range (less grey spread), a coarser point-spread function and texture
+# (speckle grain 2x axial, 2.3x lateral), lesions about twice as large and less tilted. `organs` names
+# the organs whose real images it was fitted to (pretraining applies a style only to those).
+STYLES: dict[str, dict] = {
+    "default": dict(organs=()),
+    "bus_bra": dict(organs=("breast",), gray_level=(53.0, 75.0), dynamic_range=100.0, psf_scale=(2.4, 3.0),
+                    texture_scale=2.0, lesion_radius=(0.11, 0.32), max_tilt=0.1),
+}
+
+
+def check_style(style: str) -> str:
+    """`style` if it is a key of :data:`STYLES`, else ValueError naming the known ones."""
+    if style not in STYLES:
+        raise ValueError(f"unknown imaging style {style!r}; expected one of {sorted(STYLES)}")
+    return style
+
+
+def styled_preset(organ: str, style: str = "default") -> dict:
+    """The organ's preset with `style` applied, plus the case-level numbers a style may change
+    (``gray_level``, ``lesion_radius``, ``max_tilt``; their defaults are the module's constants).
+
+    >>> styled_preset("breast")["axial"], styled_preset("breast", "bus_bra")["axial"]
+    (0.8, 1.6)
+    >>> styled_preset("breast")["gray_level"] == GRAY_LEVEL
+    True
+    """
+    p = dict(_check_organ(organ), gray_level=GRAY_LEVEL, lesion_radius=LESION_RADIUS, max_tilt=MAX_TILT)
+    st = STYLES[check_style(style)]
+    ax, lat = st.get("psf_scale", (1.0, 1.0))
+    p.update(axial=p["axial"] * ax, lateral=p["lateral"] * lat,
+             texture_px=p["texture_px"] * st.get("texture_scale", 1.0),
+             **{k: st[k] for k in ("gray_level", "dynamic_range", "lesion_radius", "max_tilt") if k in st})
+    return p
 
 
 @dataclass
@@ -182,18 +220,18 @@ def _check_case_args(size, attribute_classes: dict | None, detail_scale) -> dict
     return forced
 
 
-def _probe(organ: str, S: int, k: float) -> dict:
-    """The organ preset's probe at output size S (cached in :func:`.bmode.scan_geometry`)."""
-    p = ORGAN_PRESETS[organ]
+def _probe(p: dict, S: int, k: float) -> dict:
+    """The (styled) preset `p`'s probe at output size S (cached in :func:`.bmode.scan_geometry`)."""
     return scan_geometry(p["probe"], S, k, p["axial"], p["lateral"], p["focus"],
                          p.get("half_angle"), p.get("top"), p.get("apex_radius"))
 
 
-def _lesion_outline(rng, lat: dict, S: int, k: float, native: bool) -> dict:
+def _lesion_outline(rng, lat: dict, S: int, k: float, native: bool, p: dict) -> dict:
     """The lesion's outline (centre not yet placed): semi-axes a, b and tilt theta (pixels, radians),
     edge blur and the r(phi) table of :func:`_lesion_fields`. Harmonics give irregularity, spikes
-    the margin; `native` (detail_scale set) replaces the coarse spikes by :func:`_fine_margin`'s."""
-    a = rng.uniform(*LESION_RADIUS) * S
+    the margin; `native` (detail_scale set) replaces the coarse spikes by :func:`_fine_margin`'s; the
+    radius range and the largest tilt are the (styled) preset `p`'s."""
+    a = rng.uniform(*p["lesion_radius"]) * S
     w = rng.uniform(*HARMONIC_WEIGHT, len(SHAPE_HARMONICS))
     amps = w * lat["shape_irregularity"] * np.sqrt(2) / np.linalg.norm(w)
     m = lat["margin_blur"]
@@ -208,7 +246,7 @@ def _lesion_outline(rng, lat: dict, S: int, k: float, native: bool) -> dict:
     # so the farthest edge point is LESION_RADIUS of S from the centre (native: of the outline before
     # its spicules, so spicules do not shrink the lesion, a cue visible at any scale)
     a = a / float((_edge_table(harm, []) if native else table).max())
-    return dict(a=float(a), b=float(a / lat["shape_aspect"]), theta=float(rng.uniform(-MAX_TILT, MAX_TILT)),
+    return dict(a=float(a), b=float(a / lat["shape_aspect"]), theta=float(rng.uniform(-p["max_tilt"], p["max_tilt"])),
                 blur=blur, table=table)
 
 
@@ -312,7 +350,7 @@ def _lesion_mask(L: dict, R: float, S: int) -> tuple[np.ndarray, tuple[float, fl
 
 
 def generate_case(seed: int, organ: str = "liver", size: int = 256, attribute_classes: dict | None = None,
-                  detail_scale: float | None = None) -> SynthCase:
+                  detail_scale: float | None = None, style: str = "default") -> SynthCase:
     """Simulate one B-mode image of `organ` (size x size pixels) with one lesion.
 
     attribute_classes forces classes, e.g. {"echo": "Hypoechoic"}; the others are drawn
@@ -329,14 +367,18 @@ def generate_case(seed: int, organ: str = "liver", size: int = 256, attribute_cl
     finer than one pixel of a 224 px full view (4.6 original pixels), so margin and isoechoic
     texture are evidence that only a crop at native resolution keeps; echo level, shape and
     posterior features stay visible at any scale. Anatomy, lesion size and placement are the same.
+
+    style: a key of :data:`STYLES` ("default": the organ preset as it is; "bus_bra": closer to
+    BUS-BRA's breast scanner). The random draws are the same in every style, so a case differs
+    between styles only in how it is imaged and in its lesion's size and tilt.
     """
-    p = _check_organ(organ)
+    p = styled_preset(organ, style)
     forced = _check_case_args(size, attribute_classes, detail_scale)
     S, rng = int(size), np.random.default_rng(seed)
     k = S / 256 if detail_scale is None else float(detail_scale)
-    g = _probe(organ, S, k)
+    g = _probe(p, S, k)
     cls, lat = _draw_latent(rng, forced, float(rng.random()))
-    L = _lesion_outline(rng, lat, S, k, native=detail_scale is not None)
+    L = _lesion_outline(rng, lat, S, k, native=detail_scale is not None, p=p)
     R = _place_lesion(rng, L, g, S, p["lesion_depth"])
     B, alpha = layers(organ, g, rng, S)                               # tissue, vessels, lesion on the RF grid
     touched = add_vessels(rng, organ, p["vessels"], g, L, R, S, B, alpha)
@@ -345,21 +387,22 @@ def generate_case(seed: int, organ: str = "liver", size: int = 256, attribute_cl
     s_in = _lesion_texture(rng, cls["echo"], p["texture"])
     logA, tgc = _log_amplitude(rng, g, p, k, B, alpha, lesion, s_in, touched)
     env = envelope(scatterers(rng, logA, tgc, lat["noise"]), g)
-    image = log_compress(rng, scan_convert(env, g, S), g, p["dynamic_range"])
+    image = log_compress(rng, scan_convert(env, g, S), g, p["dynamic_range"], p["gray_level"])
     mask, box = _lesion_mask(L, R, S)
     diff = {a: min(1.0, closeness(a, lat) + NOISE_DIFFICULTY * lat["noise"]) for a in ATTRIBUTES}
     posterior = "shadowing" if lesion["shadow"] else ("enhancement" if cls["echo"] == "Anechoic" else "none")
     return SynthCase(image=image, box=box, mask=mask, organ=organ, attributes=cls, latent=lat, difficulty=diff,
                      seed=int(seed), fov=g["fov"].copy(),
                      meta=dict(posterior=posterior, lesion_center=(L["cx"], L["cy"]), lesion_radius=L["a"],
-                               halo_gain=float(lesion["halo_gain"])))
+                               halo_gain=float(lesion["halo_gain"]),
+                               **({"style": style} if style != "default" else {})))
 
 
 
 
 def generate_samples(organ: str, n: int, seed: int, size: int = 256, attributes=ATTRIBUTES,
-                     split: str = "", start: int = 0, detail_scale: float | None = None
-                     ) -> Iterator[tuple[Sample, Image.Image]]:
+                     split: str = "", start: int = 0, detail_scale: float | None = None,
+                     style: str = "default") -> Iterator[tuple[Sample, Image.Image]]:
     """Yield n (Sample, PIL grayscale image) pairs, samples start .. start+n-1; sample i depends only
     on (organ, seed, size, i), so any window of a seed's stream can be drawn on its own.
 
@@ -367,9 +410,11 @@ def generate_samples(organ: str, n: int, seed: int, size: int = 256, attributes=
     both are balanced. c = 1 when the two raters agree and then y = their label; when they
     disagree c = 0 and y = the generator's true class (both rater labels kept). Boxes are in
     pixels of the size x size image; image_path is relative ("images/<id>.png", caller writes it).
-    detail_scale: see :func:`generate_case` (None: the same picture at any size).
+    detail_scale, style: see :func:`generate_case` (None, "default": the same picture at any size, as
+    the organ's preset draws it).
     """
     _check_organ(organ)
+    check_style(style)
     attributes = tuple(attributes)
     for a in attributes:
         check_attribute(a)
@@ -378,7 +423,7 @@ def generate_samples(organ: str, n: int, seed: int, size: int = 256, attributes=
         case_seed, rater_seed = (int(s) for s in ss.generate_state(2))
         attr = attributes[i % len(attributes)]
         labels = ATTRIBUTE_LABELS[attr]
-        case = generate_case(case_seed, organ, size, {attr: labels[(i // len(attributes)) % len(labels)]}, detail_scale)
+        case = generate_case(case_seed, organ, size, {attr: labels[(i // len(attributes)) % len(labels)]}, detail_scale, style)
         ra, rb = simulate_raters(case, attr, rater_seed)
         c = int(ra == rb)
         sid = f"{organ}-{split}-{i:05d}"
@@ -386,5 +431,6 @@ def generate_samples(organ: str, n: int, seed: int, size: int = 256, attributes=
                         label=ra if c else case.attributes[attr], c=c, organ=organ, question="",
                         rater_labels=(ra, rb), difficulty=case.difficulty[attr], image_size=(size, size), split=split,
                         meta=dict(latent=case.latent, seed=case.seed, true_attributes=case.attributes,
-                                  posterior=case.meta["posterior"], source="synthetic"))
+                                  posterior=case.meta["posterior"], source="synthetic",
+                                  **({"style": style} if style != "default" else {})))
         yield sample, Image.fromarray(case.image, mode="L")

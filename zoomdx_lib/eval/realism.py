@@ -125,12 +125,16 @@ def realism_wide(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def realism_comparison(reference: Optional[str], folds: Optional[Sequence[int]], n: int, organ: str = "breast",
-                       size: int = 256, seed: int = 0, n_boot: int = 1000) -> dict:
-    """`n` fresh synthetic `organ` cases against the first `n` cases of `folds` of a real data SPEC
-    (``bus_bra:PATH``; train folds only, never a test fold): {"examples": {source: items}, "table":
-    :func:`realism_table`, "skipped": reason or None}. A reference that is not on disk is skipped with the
-    reason (only the synthetic source is measured) unless ``$ZOOMDX_DATA`` is set, which promises the data."""
-    examples = {f"synthetic {organ}": list(generate_samples(organ, n, seed=10_000 + seed, size=size, split="realism"))}
+                       size: int = 256, seed: int = 0, n_boot: int = 1000,
+                       styles: Sequence[str] = ("default",)) -> dict:
+    """`n` fresh synthetic `organ` cases per imaging style (:data:`zoomdx_lib.data.synth.STYLES`; the same
+    cases in each) against the first `n` cases of `folds` of a real data SPEC (``bus_bra:PATH``; train
+    folds only, never a test fold): {"examples": {source: items}, "table": :func:`realism_table`,
+    "skipped": reason or None}. A reference that is not on disk is skipped with the reason (only the
+    synthetic sources are measured) unless ``$ZOOMDX_DATA`` is set, which promises the data."""
+    examples = {f"synthetic {organ}" + ("" if style == "default" else f" ({style} style)"):
+                list(generate_samples(organ, n, seed=10_000 + seed, size=size, split="realism", style=style))
+                for style in styles}
     skipped = None
     if reference:
         spec = DataSpec.parse(reference)

@@ -29,7 +29,9 @@ An optional curriculum (``curriculum_steps``) draws no isoechoic lesion in the f
 contrast first). Two options change the stream: ``single_turn`` writes a share of its cases as the
 no-zoom baseline's one-turn dialogue (so a single-turn arm starts from a base that has read full views
 too), and ``real_share`` draws a share from a real data set's train folds (``real_data``, ``real_folds``;
-BUS-BRA's test fold is refused), boxes from their masks. Case i of the stream is a pure function of (seed, organ, i), and the loop
+BUS-BRA's test fold is refused), boxes from their masks; ``synth_style`` images the synthetic cases of
+the style's organs the way :data:`zoomdx_lib.data.synth.STYLES` says (e.g. closer to BUS-BRA's breast
+scanner). Case i of the stream is a pure function of (seed, organ, i), and the loop
 (:mod:`zoomdx_lib.train.loop`) draws the indices, so a run is deterministic per seed and resumes
 exactly after a kill.
 """
@@ -54,7 +56,7 @@ from .. import protocol as P
 from ..config import PretrainConfig
 from ..data.dialogue import build_dialogue, diagnostic_rationale, question_for
 from ..data.sources import load_cases
-from ..data.synth import generate_samples
+from ..data.synth import STYLES, check_style, generate_samples
 from ..geometry import model_input_size, processor_pixel_bounds
 from ..io import append_jsonl, atomic_write_json, read_jsonl
 from ..model import chat
@@ -88,9 +90,11 @@ def stream_case(cfg: PretrainConfig, index: int, easy: bool = False):
     if is_real(cfg, index):
         return real_case(cfg, index)
     organ = cfg.organs[index % len(cfg.organs)]
+    style = cfg.synth_style if organ in STYLES[cfg.synth_style]["organs"] else "default"
     for copy in range(64):             # P(isoechoic) ~ 1/4 per copy: 64 copies never run out in practice
         sample, image = next(generate_samples(organ, 1, seed=stream_seed(cfg.seed, organ), size=cfg.image_size,
-                                              split="pretrain", start=index // len(cfg.organs) + copy * STREAM_SIZE))
+                                              split="pretrain", start=index // len(cfg.organs) + copy * STREAM_SIZE,
+                                              style=style))
         if not easy or sample.meta["true_attributes"]["echo"] != "Isoechoic":
             break
     sample.question = question_for(sample.attribute, f"pretrain:{cfg.seed}:{index}")
@@ -310,6 +314,7 @@ def pretrain(cfg: PretrainConfig, out_dir, resume: bool = True, progress: bool =
     `eval_every` steps and at the end with the model in eval mode and the torch RNG untouched; its
     rows go to `out_dir/eval.jsonl`. Returns {model, history, evals}.
     """
+    check_style(cfg.synth_style)   # before any model is built: a typo fails at once
     out_dir = Path(out_dir)
     vlm, processor = load_model_and_processor(init_checkpoint(cfg, out_dir), attn_implementation="eager",
                                               min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)

@@ -102,6 +102,10 @@ def _stage_data(cfg: PretrainConfig) -> str:
     if cfg.real_share:
         turns += (f"; {cfg.real_share:.0%} of cases drawn from the REAL data set {cfg.real_data} "
                   f"(folds {', '.join(map(str, cfg.real_folds))} only), boxes from its masks")
+    if cfg.synth_style != "default":
+        from ..data.synth import STYLES
+        turns += (f"; synthetic {', '.join(STYLES[cfg.synth_style]['organs'])} cases imaged in the "
+                  f"{cfg.synth_style!r} style (zoomdx_lib.data.synth.STYLES)")
     if cfg.crop_context:
         turns += (f"; the crop widened by {cfg.crop_context:.0%} of the box's sides on each side (surrounding tissue): "
                   f"rollouts must crop the same way")
@@ -203,6 +207,9 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--real-share", type=float, default=0.0, help="share of the stream drawn from --real-data")
     ap.add_argument("--crop-context", type=float, default=0.0,
                     help="widen the crop by this fraction of the box's sides (the tissue around the lesion)")
+    ap.add_argument("--synth-style", default="default",
+                    help="imaging style of the synthetic cases of the style's organs (zoomdx_lib.data.synth.STYLES; "
+                         "bus_bra: breast imaged closer to BUS-BRA's scanner)")
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--ship", action="store_true", help=f"after training, copy the model into {SHIPPED_BASE}")
@@ -213,7 +220,7 @@ def main(argv: Optional[list] = None) -> int:
                          warmup=args.warmup, init_from=args.init_from, rationales=args.rationales, curriculum_steps=args.curriculum, aux=tuple(a for a in args.aux.split(",") if a),
                          single_turn=args.single_turn, real_data=args.real_data, real_share=args.real_share,
                          real_folds=tuple(int(f) for f in args.real_folds.split(",") if f),
-                         crop_context=args.crop_context)
+                         crop_context=args.crop_context, synth_style=args.synth_style)
     result = pretrain(cfg, args.out, evaluate=held_out_eval(cfg), eval_every=args.eval_every)
     last = result["evals"][-1] if result["evals"] else {}
     print(json.dumps({"model": result["model"], "held_out_miou": last.get("miou"), "held_out_acc": last.get("acc")}))

@@ -46,6 +46,7 @@ ARMS: dict[str, list[str]] = {
     "single_turn": ["--single-turn", "0.3"],
     "real": ["--real-data", "bus_bra:bus_bra", "--real-share", "0.3"],
     "context": ["--crop-context", "0.25"],
+    "bmode": ["--synth-style", "bus_bra"],
 }
 # How an arm's models are evaluated when it changes the tool itself (its crop has context; the control's none).
 ARM_EVAL: dict[str, dict] = {"context": dict(crop_context=0.25)}
