@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -85,7 +85,8 @@ viz.loss_curve({k: v for k, v in curves.items() if v}, save_path=run.figure("sft
 datasets = {name: load_items(run.data_dir, name) for name in test_splits(run.data_dir)}
 methods = [Method("zoom_sft", "zoom", zoom_sft["base"], zoom_sft["adapter"])]
 if train_single_turn:
-    methods.append(Method("single_turn_sft", "single", single_sft["base"], single_sft["adapter"]))
+    methods.append(Method("single_turn_sft", "single", single_sft["base"], single_sft["adapter"],
+                          instruct=single_sft["instruct"]))
 with run.phase("greedy_eval"):
     results = evaluate_methods(methods, datasets, prof, run.generations_dir, modes=("greedy",), seeds=(seed,))
 table = pd.DataFrame(greedy_table(results, [m.name for m in methods], list(datasets), seed,

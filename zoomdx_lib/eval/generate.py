@@ -28,12 +28,14 @@ KINDS = ("zoom", "single", "oracle")
 @dataclass
 class Method:
     """A row of the tables. kind: "zoom" (two turns), "single" (no zoom) or "oracle" (true box given).
-    base: checkpoint folder; adapter: LoRA folder or None."""
+    base: checkpoint folder; adapter: LoRA folder or None; instruct: a "single" method is asked with
+    :data:`~zoomdx_lib.protocol.ONE_TURN_INSTRUCTION` after the question (as it was trained)."""
 
     name: str
     kind: str
     base: str
     adapter: Optional[str] = None
+    instruct: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -64,7 +66,7 @@ def generate_records(method: Method, model, processor, items, mode: str, group_s
         batch = items[s:s + batch_size]
         if method.kind == "single":
             trajs = single_turn_rollout(batch, HFPolicy(model, processor), processor, G, do_sample, temperature,
-                                        max_new_tokens[1], rows_per_call=64)
+                                        max_new_tokens[1], rows_per_call=64, instruct=method.instruct)
         else:
             policy = HFPolicy(model, processor)
             if method.kind == "oracle":
@@ -98,6 +100,7 @@ def generation_fingerprint(method: Method, mode: str, seed: int, **gen_kwargs) -
     adapter, the mode, the seed and the generation settings (the batch size only groups the work)."""
     settings = {k: v for k, v in gen_kwargs.items() if k not in ("batch_size", "progress")}
     key = dict(kind=method.kind, mode=mode, seed=seed, settings=settings,
+               **({"instruct": True} if method.instruct else {}),   # older caches stay valid
                base=_weights_identity(method.base) if Path(method.base).is_dir() else str(method.base),
                adapter=_weights_identity(method.adapter) if method.adapter else None)
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()

@@ -37,7 +37,8 @@ SFT_ENGINES = ("trl", "explicit")   # TRL's SFTTrainer, or our loop (the referen
 def run_sft(profile: Profile, run_dir, mode: str = "zoom", resume: bool = True, progress: bool = True,
             callbacks: Sequence[Callable] = ()) -> dict:
     """The notebook-02 recipe for one profile: returns {base, adapter, history_warmup, history_full,
-    history_lora, seconds, n_examples}.
+    history_lora, seconds, n_examples, instruct} (instruct: the single-turn arm was trained with
+    ``sft.one_turn_instruction``; evaluate it with ``Method(..., instruct=True)``).
 
     Tiny model (``profile.model.path`` None): build it into `run_dir/models/tiny_init`, optionally
     warm its vision up for ``sft.warmup_steps`` on short look-and-answer examples
@@ -57,7 +58,8 @@ def run_sft(profile: Profile, run_dir, mode: str = "zoom", resume: bool = True, 
     base = _sft_start(profile, models, procs)
     model, processor = load_model_and_processor(base, device=profile.device, **profile.model.pixel_bounds,
                                                 gradient_checkpointing=profile.model.gradient_checkpointing)
-    examples = _sft_data(dialogue_records(data_dir, "train", mode), data_dir, processor, cfg.engine, progress,
+    instruct = mode == "single" and cfg.one_turn_instruction
+    examples = _sft_data(dialogue_records(data_dir, "train", mode, instruct=instruct), data_dir, processor, cfg.engine, progress,
                          f"encode train ({mode})")
     full_steps = cfg.single_turn_steps if mode == "single" and cfg.single_turn_steps is not None else cfg.full_steps
     stage = functools.partial(_sft_stage, profile, processor, run_dir / "checkpoints", mode, resume=resume,
@@ -79,7 +81,7 @@ def run_sft(profile: Profile, run_dir, mode: str = "zoom", resume: bool = True, 
     adapter = models / f"sft_{mode}_lora"
     _save_on_main(procs, adapter, peft_model)
     return dict(base=str(base), adapter=str(adapter), history_warmup=hist_warmup, history_full=hist_full,
-                history_lora=hist_lora, seconds=time.perf_counter() - t0, n_examples=len(examples))
+                history_lora=hist_lora, seconds=time.perf_counter() - t0, n_examples=len(examples), instruct=instruct)
 
 
 def _sft_start(profile: Profile, models: Path, procs):

@@ -22,7 +22,7 @@ from PIL import Image
 from ..data.store import load_dialogues
 from ..io import progress as progress_bar
 from ..model import chat
-from ..protocol import ANSWER_RE, image_paths, single_turn_messages
+from ..protocol import ANSWER_RE, image_paths, one_turn_question, single_turn_messages
 from .common import trainable_adamw
 from .loop import LoopConfig, run_loop
 
@@ -47,15 +47,28 @@ def encode_conversation(processor, text: str, images, sample_id: str = "") -> SF
                       images=list(zip(enc.pixel_values, enc.grid_thw)), sample_id=sample_id)
 
 
-def dialogue_records(data_dir, split: str, mode: str = "zoom", limit: Optional[int] = None) -> list[dict]:
+def dialogue_records(data_dir, split: str, mode: str = "zoom", limit: Optional[int] = None,
+                     instruct: bool = False) -> list[dict]:
     """The {"id", "messages"} records SFT trains on (image paths relative to `data_dir`).
 
     mode "zoom": the two-turn dialogue with the crop; "single": the no-zoom baseline from
     `dialogues_single_{split}.jsonl` (the full image answered directly, same rationale style).
+    `instruct` (mode "single" only) puts :data:`~zoomdx_lib.protocol.ONE_TURN_INSTRUCTION` after each
+    question, as :func:`zoomdx_lib.rl.rollout.single_turn_rollout` asks with ``instruct=True``.
     """
     if mode not in MODES:
         raise ValueError(f"unknown SFT mode {mode!r}; use 'zoom' or 'single'")
-    return load_dialogues(data_dir, split, mode == "single")[:limit]
+    if instruct and mode != "single":
+        raise ValueError("instruct asks the one-turn question: it applies to mode 'single' only")
+    records = load_dialogues(data_dir, split, mode == "single")[:limit]
+    return [_with_one_turn_instruction(r) for r in records] if instruct else records
+
+
+def _with_one_turn_instruction(record: dict) -> dict:
+    """A copy of a one-turn record whose user text ends with the one-turn instruction."""
+    user, *rest = record["messages"]
+    content = [dict(p, text=one_turn_question(p["text"])) if p.get("type") == "text" else p for p in user["content"]]
+    return dict(record, messages=[dict(user, content=content), *rest])
 
 
 def warmup_records(data_dir, split: str, mode: str = "zoom", limit: Optional[int] = None) -> list[dict]:

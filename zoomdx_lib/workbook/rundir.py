@@ -122,12 +122,13 @@ class Run:
 
     def registry(self, methods: Sequence[Method]) -> dict:
         """The ``models`` entry of this notebook's metrics for `methods` (paths relative to the run)."""
-        return {m.name: dict(base=run_path(self.dir, m.base), adapter=run_path(self.dir, m.adapter), kind=m.kind)
-                for m in methods}
+        return {m.name: dict(base=run_path(self.dir, m.base), adapter=run_path(self.dir, m.adapter), kind=m.kind,
+                             **({"instruct": True} if m.instruct else {})) for m in methods}
 
     def models(self, notebook: str) -> dict[str, Method]:
         """The methods a notebook registered in its metrics, with absolute paths again."""
-        return {name: Method(name, m["kind"], resolve_run_path(self.dir, m["base"]), resolve_run_path(self.dir, m["adapter"]))
+        return {name: Method(name, m["kind"], resolve_run_path(self.dir, m["base"]), resolve_run_path(self.dir, m["adapter"]),
+                             instruct=bool(m.get("instruct", False)))
                 for name, m in self.read_metrics(notebook)["models"].items()}
 
 
