@@ -2,6 +2,7 @@
 and the shipped base itself (hash checked, better than the mean box on fresh cases)."""
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -178,6 +179,37 @@ def test_model_card_of_a_second_stage_names_both_stages_and_adds_their_time(tiny
     assert "curriculum" not in card
     easy_first = dataclasses.replace(cfg, curriculum_steps=7)
     assert "no isoechoic lesion in the first 7 steps" in model_card(easy_first, {"liver": row}, out, None)
+
+def test_a_stage_that_continues_a_shipped_base_carries_its_card(tiny_run, tmp_path, monkeypatch):
+    import zoomdx_lib.workbook.base as base_cli
+    from zoomdx_lib.workbook.base import continued_card, earlier_stage, model_card, ship, stage_curves
+    cfg, out, _ = tiny_run
+    shipped = tmp_path / "shipped"
+    shutil.copytree(out / "straight" / "model", shipped)
+    old = dict(config=dataclasses.asdict(cfg), held_out={"liver": {"miou": 0.4}},
+               curves=[dict(step=2, miou=0.1, stage=1), dict(step=4, miou=0.2, stage=2)],
+               history=[dict(step=s, loss=1.0, stage=1 + (s > 2)) for s in (1, 2, 3, 4)])
+    (shipped / "card.json").write_text(json.dumps(old))
+    (shipped / "MODEL_CARD.md").write_text("# title\n\nThe old recipe, in two stages.\n")
+    stage3 = PretrainConfig(steps=1, batch_size=2, lr=1e-4, warmup=0, seed=9, single_turn=0.5, init_from=str(shipped),
+                            tiny=_SMOKE_TINY, aux=cfg.aux)
+    pretrain(stage3, tmp_path / "stage3", progress=False, evaluate=lambda m, p: {"miou": 0.3}, eval_every=1)
+    assert earlier_stage(stage3) is None and continued_card(stage3)["config"]["steps"] == cfg.steps
+    history, evals = stage_curves(tmp_path / "stage3", stage3)
+    assert [(r["step"], r["stage"]) for r in evals] == [(2, 1), (4, 2), (5, 3)]
+    assert [(r["step"], r["stage"]) for r in history][-1] == (5, 3)
+    row = dict(seed=1, n=4, miou=0.5, miou_ci=[0.4, 0.6], mean_box_miou=0.1, acc=0.5, acc_ci=[0.2, 0.8],
+               majority_acc=0.25, tool_call_valid=1.0)
+    card = model_card(stage3, {"liver": row}, tmp_path / "stage3", 60.0)
+    assert "for 1 more steps" in card and "one-turn dialogue" in card and "The old recipe, in two stages." in card
+    assert "# title" not in card and "| liver" in card
+    monkeypatch.setattr(base_cli, "card_numbers", lambda src, cfg, n: {"liver": row})
+    ship(tmp_path / "stage3", stage3, dest=shipped)      # replaces the base it continues, as `make base` does
+    new = json.loads((shipped / "card.json").read_text())
+    assert new["continues"]["config"]["steps"] == cfg.steps and new["config"]["single_turn"] == 0.5
+    assert [r["stage"] for r in new["curves"]] == [1, 2, 3] and len(new["history"]) == 5
+    assert "The old recipe" in (shipped / "MODEL_CARD.md").read_text() and (shipped / "checksums.json").exists()
+
 
 def test_checksums_catch_a_changed_file(tmp_path):
     (tmp_path / "a.bin").write_bytes(b"weights")
