@@ -24,11 +24,15 @@ workbook: install
 # zoomdx_lib/base: stage 1 learns to find and read lesions, stage 2 continues on a new stream in which
 # half the cases carry the SFT data's rationales (LoRA never trains embeddings, so the base must know them).
 # Both stages use the default auxiliary losses, mask and pos (--aux to change them); stage 1 draws no
-# isoechoic lesion in its first 1000 steps (--curriculum).
+# isoechoic lesion in its first 1000 steps (--curriculum). A third stage (200 steps, about 4 min) continues
+# the shipped two-stage base with 30 % of its cases answered in one turn from the full view, so that the
+# single-turn baseline starts from a base that has read full views too (docs/base.md, "base arms").
 base: install
 	$(PY) -m zoomdx_lib.workbook.base --out runs/base --steps 2000 --lr 1e-3 --seed 0 --curriculum 1000 $(ARGS)
 	$(PY) -m zoomdx_lib.workbook.base --out runs/base_rationale --init-from runs/base/checkpoint-002000 \
 		--seed 2 --steps 1200 --lr 5e-4 --warmup 50 --rationales 0.5 --ship $(ARGS)
+	$(PY) -m zoomdx_lib.workbook.base --out runs/base_both --init-from zoomdx_lib/base --seed 21 --steps 200 \
+		--eval-every 200 --lr 3e-4 --warmup 20 --rationales 0.5 --aux mask,pos --single-turn 0.3 --ship $(ARGS)
 
 # Base ablation arms (docs/base.md): a short third stage from the shipped base per arm, two trainings each,
 # paired on fresh cases (and BUS-BRA fold 3 when ZOOMDX_DATA holds it); resumable.

@@ -130,9 +130,9 @@ class SFTConfig:
     lr_lora: float = 5e-4
     lr_warmup_steps: int = 20          # linear learning-rate warm-up before the cosine decay
     single_turn_steps: Optional[int] = None  # None = same budget as the zoom model
-    # the single-turn arm asks with protocol.ONE_TURN_INSTRUCTION, in training and in evaluation: a base
-    # pretrained on both formats (pretraining's single_turn share) answers in one turn only when asked to
-    one_turn_instruction: bool = False
+    # the single-turn arm asks with protocol.ONE_TURN_INSTRUCTION, in training and in evaluation: the shipped
+    # base was pretrained on both formats (pretraining's single_turn share) and answers in one turn when asked
+    one_turn_instruction: bool = True
     checkpoint_every: int = 100
     engine: str = "trl"                # "trl": TRL's SFTTrainer; "explicit": the workbook's loop (same batches)
 
