@@ -49,3 +49,15 @@ def test_evaluation_asks_as_trained_and_caches_apart(tiny, speckle_image):
     plain, asked = Method("s", "single", "base"), Method("s", "single", "base", instruct=True)
     assert generation_fingerprint(plain, "greedy", 0) != generation_fingerprint(asked, "greedy", 0)
     assert generation_fingerprint(plain, "greedy", 0) == generation_fingerprint(Method("s", "single", "base"), "greedy", 0)
+
+
+def test_the_model_registry_keeps_how_a_method_is_asked(tmp_path):
+    from zoomdx_lib.config import get_profile
+    from zoomdx_lib.workbook.rundir import Run
+    run = Run("02_sft_zoom_then_diagnose", get_profile("smoke"), tmp_path)
+    methods = [Method("zoom_sft", "zoom", str(tmp_path / "b"), None),
+               Method("single_turn_sft", "single", str(tmp_path / "b"), str(tmp_path / "a"), instruct=True)]
+    run.write_metrics({"models": run.registry(methods)})
+    back = run.models("02_sft_zoom_then_diagnose")
+    assert back["single_turn_sft"].instruct is True and back["zoom_sft"].instruct is False
+    assert "instruct" not in run.registry(methods[:1])["zoom_sft"]     # older registries read the same
