@@ -32,7 +32,8 @@ base: install
 	$(PY) -m zoomdx_lib.workbook.base --out runs/base_rationale --init-from runs/base/checkpoint-002000 \
 		--seed 2 --steps 1200 --lr 5e-4 --warmup 50 --rationales 0.5 --ship $(ARGS)
 	$(PY) -m zoomdx_lib.workbook.base --out runs/base_both --init-from zoomdx_lib/base --seed 21 --steps 200 \
-		--eval-every 200 --lr 3e-4 --warmup 20 --rationales 0.5 --aux mask,pos --single-turn 0.3 --ship $(ARGS)
+		--eval-every 200 --lr 3e-4 --warmup 20 --rationales 0.5 --aux mask,pos --single-turn 0.3 --ship \
+		--card-note "$$(cat docs/base_card_note.md)" $(ARGS)
 
 # Base ablation arms (docs/base.md): a short third stage from the shipped base per arm, two trainings each,
 # paired on fresh cases (and BUS-BRA fold 3 when ZOOMDX_DATA holds it); resumable.

@@ -204,11 +204,13 @@ def test_a_stage_that_continues_a_shipped_base_carries_its_card(tiny_run, tmp_pa
     assert "for 1 more steps" in card and "one-turn dialogue" in card and "The old recipe, in two stages." in card
     assert "# title" not in card and "| liver" in card
     monkeypatch.setattr(base_cli, "card_numbers", lambda src, cfg, n: {"liver": row})
-    ship(tmp_path / "stage3", stage3, dest=shipped)      # replaces the base it continues, as `make base` does
+    ship(tmp_path / "stage3", stage3, dest=shipped, note="Chosen on the one-turn format.")   # as `make base` does
     new = json.loads((shipped / "card.json").read_text())
     assert new["continues"]["config"]["steps"] == cfg.steps and new["config"]["single_turn"] == 0.5
     assert [r["stage"] for r in new["curves"]] == [1, 2, 3] and len(new["history"]) == 5
-    assert "The old recipe" in (shipped / "MODEL_CARD.md").read_text() and (shipped / "checksums.json").exists()
+    text = (shipped / "MODEL_CARD.md").read_text()
+    assert "The old recipe" in text and (shipped / "checksums.json").exists()
+    assert text.index("## Why this base was shipped\n\nChosen on the one-turn format.") < text.index("## The base it continues")
 
 
 def test_checksums_catch_a_changed_file(tmp_path):

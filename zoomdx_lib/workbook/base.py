@@ -213,14 +213,18 @@ continued base's (``card.json``). Integrity: `checksums.json` (SHA-256 per file)
 """
 
 
-def ship(run_dir, cfg: PretrainConfig, dest: Path = SHIPPED_BASE, n: int = 64) -> dict:
-    """Copy the run's exported model into `dest` with its card and checksums; returns the card numbers."""
+def ship(run_dir, cfg: PretrainConfig, dest: Path = SHIPPED_BASE, n: int = 64, note: Optional[str] = None) -> dict:
+    """Copy the run's exported model into `dest` with its card and checksums; returns the card numbers.
+    `note` (what the base was chosen on) becomes the card's "Why this base was shipped" section."""
     src = Path(run_dir) / "model"
     numbers = card_numbers(src, cfg, n)
     seconds = sum(r.get("seconds", 0.0) for r in read_log(run_dir)) or None
     history, curves = stage_curves(run_dir, cfg)
     previous = continued_card(cfg)
     card_text = model_card(cfg, numbers, run_dir, seconds)   # before dest is replaced: it may be the continued base
+    if note:
+        head, sep, rest = card_text.partition("\n## The base it continues")
+        card_text = f"{head.rstrip()}\n\n## Why this base was shipped\n\n{note.strip()}\n" + (f"{sep}{rest}" if sep else "")
     if previous is not None:   # keep the continued base's full history; thin only this stage's rows
         n_prev = len(previous.get("history", []))
         history = history[:n_prev] + history[n_prev:][::5]
@@ -271,6 +275,7 @@ def main(argv: Optional[list] = None) -> int:
     ap.add_argument("--eval-every", type=int, default=300)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--ship", action="store_true", help=f"after training, copy the model into {SHIPPED_BASE}")
+    ap.add_argument("--card-note", default=None, help="with --ship: what the base was chosen on (a card section)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -283,7 +288,7 @@ def main(argv: Optional[list] = None) -> int:
     last = result["evals"][-1] if result["evals"] else {}
     print(json.dumps({"model": result["model"], "held_out_miou": last.get("miou"), "held_out_acc": last.get("acc")}))
     if args.ship:
-        print(json.dumps(ship(args.out, cfg)))
+        print(json.dumps(ship(args.out, cfg, note=args.card_note)))
     return 0
 
 
