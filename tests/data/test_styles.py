@@ -55,3 +55,9 @@ def test_pretraining_styles_only_the_styles_organs(tmp_path):
     assert plain.attribute == breast.attribute and plain.label == breast.label and plain.box != breast.box
     with pytest.raises(ValueError, match="unknown imaging style"):
         pretrain(PretrainConfig(synth_style="typo"), tmp_path)
+
+
+def test_the_model_card_names_the_style():
+    from zoomdx_lib.workbook.base import _stage_data
+    assert "synthetic breast cases imaged in the 'bus_bra' style" in _stage_data(PretrainConfig(synth_style="bus_bra"))
+    assert "style" not in _stage_data(PretrainConfig())

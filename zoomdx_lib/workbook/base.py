@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from ..config import AUX_LOSSES, SHIPPED_BASE, PretrainConfig
+from ..data.synth import STYLES
 from ..eval.grounding import fresh_cases, grounding_report
 from ..io import atomic_write_json
 from ..model.load import load_model_and_processor, write_checksums
@@ -121,7 +122,6 @@ def _stage_data(cfg: PretrainConfig) -> str:
         turns += (f"; {cfg.real_share:.0%} of cases drawn from the REAL data set {cfg.real_data} "
                   f"(folds {', '.join(map(str, cfg.real_folds))} only), boxes from its masks")
     if cfg.synth_style != "default":
-        from ..data.synth import STYLES
         turns += (f"; synthetic {', '.join(STYLES[cfg.synth_style]['organs'])} cases imaged in the "
                   f"{cfg.synth_style!r} style (zoomdx_lib.data.synth.STYLES)")
     if cfg.crop_context:
