@@ -130,8 +130,9 @@ def _stage_data(cfg: PretrainConfig) -> str:
     return turns
 
 
-def model_card(cfg: PretrainConfig, numbers: dict, run_dir, seconds: Optional[float]) -> str:
-    """The shipped base's MODEL_CARD.md (both stages when `cfg` continues an earlier run)."""
+def model_card(cfg: PretrainConfig, numbers: dict, run_dir, seconds: Optional[float], note: Optional[str] = None) -> str:
+    """The shipped base's MODEL_CARD.md (both stages when `cfg` continues an earlier run); `note` (what the
+    base was chosen on) becomes its "Why this base was shipped" section."""
     rows = "\n".join(
         f"| {o} {'(zero-shot organ)' if o not in cfg.organs else ''} | {r['seed']} | {r['n']} | "
         f"{r['miou']:.3f} [{r['miou_ci'][0]:.3f}, {r['miou_ci'][1]:.3f}] | {r['mean_box_miou']:.3f} | "
@@ -141,7 +142,7 @@ def model_card(cfg: PretrainConfig, numbers: dict, run_dir, seconds: Optional[fl
     hours = f"{seconds / 3600:.2f} h" if seconds else "see log.jsonl"
     previous = continued_card(cfg)
     if previous is not None:
-        return _continued_model_card(cfg, previous, rows, run_dir, hours)
+        return _continued_model_card(cfg, previous, rows, run_dir, hours, _note_section(note))
     if stage1:
         first, first_s = stage1
         second_s = seconds or 0.0
@@ -183,10 +184,15 @@ and majority are constant answers chosen in hindsight on the same cases; 95 % bo
 
 Training and held-out curves: `{Path(run_dir).name}/log.jsonl`, `eval.jsonl` of the run that made it.
 Integrity: `checksums.json` (SHA-256 per file) is checked when the folder is loaded.
-"""
+{_note_section(note)}"""
 
 
-def _continued_model_card(cfg: PretrainConfig, previous: dict, rows: str, run_dir, hours: str) -> str:
+def _note_section(note: Optional[str]) -> str:
+    """The card's "Why this base was shipped" section ('' without a note)."""
+    return f"\n## Why this base was shipped\n\n{note.strip()}\n" if note else ""
+
+
+def _continued_model_card(cfg: PretrainConfig, previous: dict, rows: str, run_dir, hours: str, note: str) -> str:
     """The card of a stage that continues a shipped base: this stage's recipe, then the continued base's card."""
     before = previous.get("text", "").split("\n", 1)[-1].strip()   # without its title line
     return f"""# ZoomDx tiny base (Qwen2.5-VL architecture, trained from scratch)
@@ -206,7 +212,7 @@ and majority are constant answers chosen in hindsight on the same cases; 95 % bo
 
 Training and held-out curves: `{Path(run_dir).name}/log.jsonl`, `eval.jsonl` of the run that made it, after the
 continued base's (``card.json``). Integrity: `checksums.json` (SHA-256 per file) is checked when the folder is loaded.
-
+{note}
 ## The base it continues (its card, as shipped)
 
 {before}
@@ -221,10 +227,7 @@ def ship(run_dir, cfg: PretrainConfig, dest: Path = SHIPPED_BASE, n: int = 64, n
     seconds = sum(r.get("seconds", 0.0) for r in read_log(run_dir)) or None
     history, curves = stage_curves(run_dir, cfg)
     previous = continued_card(cfg)
-    card_text = model_card(cfg, numbers, run_dir, seconds)   # before dest is replaced: it may be the continued base
-    if note:
-        head, sep, rest = card_text.partition("\n## The base it continues")
-        card_text = f"{head.rstrip()}\n\n## Why this base was shipped\n\n{note.strip()}\n" + (f"{sep}{rest}" if sep else "")
+    card_text = model_card(cfg, numbers, run_dir, seconds, note)   # before dest is replaced: it may be the continued base
     if previous is not None:   # keep the continued base's full history; thin only this stage's rows
         n_prev = len(previous.get("history", []))
         history = history[:n_prev] + history[n_prev:][::5]
