@@ -139,6 +139,7 @@ class SFTConfig:
 
 GRPO_ENGINES = ("explicit", "trl")
 LOSS_NORMS = ("sequence", "token", "constant")
+POLICY_TURNS = ("both", "turn1", "turn2")
 
 
 @dataclass
@@ -164,12 +165,17 @@ class GRPOConfig:
     # Label-balanced prompts: each step's prompts ask about one attribute and cover its labels in turn, so
     # the pushes of their groups towards their own right answers cancel in the answer prior.
     balance_labels: bool = False
+    # Which turn's tokens carry the advantage: a reward that reads only turn 1 (the box) has no credit to give
+    # turn 2's tokens, and spreading it there adds noise only. The KL term still covers both turns.
+    policy_turns: str = "both"         # "both", "turn1" (the reasoning and tool call), "turn2" (the answer turn)
 
     def __post_init__(self):
         if self.engine not in GRPO_ENGINES:
             raise ValueError(f"unknown GRPO engine {self.engine!r}; choose one of {GRPO_ENGINES}")
         if self.loss_norm not in LOSS_NORMS:
             raise ValueError(f"unknown GRPO loss_norm {self.loss_norm!r}; choose one of {LOSS_NORMS}")
+        if self.policy_turns not in POLICY_TURNS:
+            raise ValueError(f"unknown GRPO policy_turns {self.policy_turns!r}; choose one of {POLICY_TURNS}")
         if self.ppo_epochs < 1:
             raise ValueError(f"GRPO ppo_epochs must be >= 1, got {self.ppo_epochs}")
         if self.engine == "trl":   # TRL's GRPOTrainer is driven with one pass and its own sampler
@@ -180,7 +186,7 @@ class GRPOConfig:
 
 
 # GRPOConfig options only the explicit engine implements, with their defaults (the TRL engine refuses others).
-EXPLICIT_ONLY = dict(ppo_epochs=1, loss_norm="sequence", refill_rounds=0, balance_labels=False)
+EXPLICIT_ONLY = dict(ppo_epochs=1, loss_norm="sequence", refill_rounds=0, balance_labels=False, policy_turns="both")
 
 
 @dataclass

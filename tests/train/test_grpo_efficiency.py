@@ -171,3 +171,39 @@ def test_the_trl_engine_refuses_options_only_the_explicit_engine_has():
         with pytest.raises(ValueError, match=f"{field}.*only the explicit engine"):
             GRPOConfig(engine="trl", **{field: value})
         GRPOConfig(engine="explicit", **{field: value})
+
+
+@pytest.mark.parametrize("turns", ["turn1", "turn2"])
+def test_policy_turns_send_the_advantage_to_one_turn_only(tiny_path, speckle_image, turns):
+    """At ratio 1 the clipped loss of one trajectory with advantage 1 ("sequence" norm) has the gradient of
+    minus the mean log-probability of the chosen turn's tokens, and nothing from the other turn."""
+    from zoomdx_lib.config import PAPER
+    from zoomdx_lib.train.grpo import _micro_batch_loss, turn_weights
+
+    model, processor = _peft(tiny_path)
+    model.eval()
+    policy = ScriptedPolicy(processor, [T1], lambda i: GOOD)
+    [[traj]] = rollout([(_sample(), speckle_image)], policy, processor, group_size=1)
+    weight = turn_weights(traj, turns)
+    assert 0 < weight.sum() < weight.numel()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads(loss_fn):
+        for p in params:
+            p.grad = None
+        loss_fn()
+        return torch.cat([p.grad.reshape(-1) for p in params])
+
+    with torch.no_grad():
+        old = sequence_logprobs(model, processor, [traj], PAPER.temperature)
+    stats = dict(kls=[], entropies=[], clipped=0, tokens=0, ratio_dev=0.0)
+    cfg = GRPOConfig(estimator="group", policy_turns=turns)
+    got = grads(lambda: _micro_batch_loss(model, processor, [traj], old, None, [1.0], 1.0, cfg, PAPER, stats, 0))
+
+    def reference():
+        lp = sequence_logprobs(model, processor, [traj], PAPER.temperature)[0]
+        (-(lp * weight).sum() / weight.sum()).backward()
+    want = grads(reference)
+    assert torch.allclose(got, want, atol=1e-6, rtol=1e-4) and want.abs().sum() > 0
+    with pytest.raises(ValueError, match="policy_turns"):
+        GRPOConfig(policy_turns="box")

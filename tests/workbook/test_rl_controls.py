@@ -28,6 +28,18 @@ def test_control_values_read_the_right_quantity():
     assert constant_answer("echo") == "Anechoic"
 
 
+def test_sampled_values_average_every_rollout():
+    recs = [dict(id="0", c=1, label="A", attribute="echo",
+                 rollouts=[dict(answer="A", iou=0.9), dict(answer="B", iou=0.1), dict(answer="A", iou=0.2)])]
+    greedy, _ = rl_controls.control_values("iou", recs)
+    sampled, _ = rl_controls.control_values("iou", recs, sampled=True)
+    assert greedy.tolist() == [0.9] and sampled.tolist() == [0.4]
+    acc, _ = rl_controls.control_values("accuracy", recs, sampled=True)
+    assert acc.tolist() == [2 / 3]
+    head = rl_controls.group_headroom(recs)
+    assert head["iou_best"] == 0.9 and head["acc_any"] == 1.0 and head["n_cases"] == 1
+
+
 def test_paired_change_is_paired_over_cases():
     before = [_rec(i, ["Hypoechoic"] * 4) for i in range(20)]
     after = [_rec(i, ["Anechoic"] * 2 + ["Hypoechoic"] * 2) for i in range(20)]
@@ -93,3 +105,38 @@ def test_control_command_prints_its_row_and_resumes(tmp_path, capsys):
     rl_controls.main(args)
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {k: again[k] for k in ("start", "end", "delta")} == {k: row[k] for k in ("start", "end", "delta")}
+
+
+@pytest.mark.slow
+def test_iou_control_also_reads_the_sampled_rollouts(tmp_path, capsys):
+    """The iou control pairs greedy mIoU and the mean IoU of the sampled rollouts, and reports what GRPO could
+    see in the start's and the trained policy's groups (best of G, spread)."""
+    rl_controls.main(["--control", "iou", "--steps", "2", "--out", str(tmp_path), "--n-eval", "2", "--no-progress",
+                      "--set", *[f"{k}={json.dumps(v)}" for k, v in SMALL.items()], "grpo__policy_turns=\"turn1\""])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["sampled"]["n_cases"] == row["n_cases"] and 0 <= row["sampled"]["start"] <= 1
+    for head in (row["headroom_start"], row["headroom_end"]):
+        assert head["rollouts"] == 8 and head["iou_mean"] <= head["iou_best"] + 1e-12
+    assert abs(row["headroom_start"]["iou_mean"] - row["sampled"]["start"]) < 1e-9
+
+
+@pytest.mark.slow
+def test_supervised_reference_pairs_itself_and_the_base_with_the_start(tmp_path, capsys):
+    """--supervised at a miniature size: the SFT start trained on for 2 steps on the true dialogues, evaluated
+    on the start's fresh cases, with the base (no adapter) paired against the start too; a rerun trains nothing."""
+    args = ["--control", "iou", "--supervised", "--steps", "2", "--lr", "1e-3", "--out", str(tmp_path), "--n-eval", "2",
+            "--no-progress", "--set", *[f"{k}={json.dumps(v)}" for k, v in SMALL.items()]]
+    rl_controls.main(args)
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["reference"] == "supervised" and row["steps"] == 2 and row["dialogues"] == 2 * SMALL["sft__batch_size"]
+    assert row["start_dialogues"] == SMALL["sft__lora_steps"] * SMALL["sft__batch_size"]
+    assert row["n_cases"] == row["start_vs_base"]["n_cases"] and row["start_vs_base"]["end"] == row["start"]
+    [arm] = tmp_path.glob("supervised_2_0.001_*")
+    assert (arm / "adapter" / "adapter_config.json").exists() and len(row["loss_curve"]) == 2
+    rows = json.loads((tmp_path / "controls.json").read_text())
+    assert [r["name"] for r in rows if r.get("reference") == "supervised"] == [arm.name]
+    rl_controls.main(args)
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["end"] == row["end"]
+    with pytest.raises(ValueError, match="supervised reference"):
+        rl_controls.run_supervised("constant", 1, tmp_path)

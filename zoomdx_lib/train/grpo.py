@@ -33,7 +33,7 @@ from .common import dropout_off, trainable_adamw
 from .loop import LoopConfig, run_loop
 
 __all__ = ["GRPOConfig", "RolloutConfig", "VARIANTS", "grpo_step", "train_grpo", "sequence_logprobs",
-           "log_end_values", "LOG_KEYS", "RESULT_KEYS"]
+           "log_end_values", "LOG_KEYS", "RESULT_KEYS", "turn_weights"]
 
 
 def _chunks(items: Sequence, size: int):
@@ -196,6 +196,11 @@ def _micro_batch_loss(model, processor, trajs, old, ref, advantages, denominator
         stats["tokens"] += int(dev.numel())
         a = advantages[k]
         surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - hp.clip_epsilon, 1 + hp.clip_epsilon) * a)
+        if cfg.policy_turns != "both":   # the advantage reaches one turn's tokens only
+            weight = turn_weights(trajs[k], cfg.policy_turns).to(lp.device)
+            surrogate = surrogate * weight
+            if cfg.loss_norm == "sequence":   # the mean over the turn's own tokens, the KL's over all
+                surrogate = surrogate * (weight.numel() / max(float(weight.sum()), 1.0))
         per_token = -surrogate
         if ref is not None:  # k3 estimator of KL(pi || pi_ref), as in GRPO
             d = ref[k] - lp
@@ -209,6 +214,22 @@ def _micro_batch_loss(model, processor, trajs, old, ref, advantages, denominator
     part = torch.stack(terms).sum() / denominator
     part.backward()
     return float(part.detach())
+
+
+def turn_weights(traj: Trajectory, turns: str) -> torch.Tensor:
+    """1 on the policy tokens of the chosen turn ("turn1", "turn2"; "both": every one), 0 elsewhere, in the
+    order of :meth:`Trajectory.sequence`'s policy mask (turn 1's tokens, then turn 2's).
+
+    >>> from zoomdx_lib.protocol import parse_tool_call
+    >>> call = parse_tool_call("no call", (64, 64), (64, 64))
+    >>> t = Trajectory("s", 0, "", call, turn1_ids=[5, 6, 7], turn2_ids=[8, 9])
+    >>> turn_weights(t, "turn1").tolist(), turn_weights(t, "turn2").tolist()
+    ([1.0, 1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0])
+    """
+    n1, n2 = len(traj.turn1_ids), len(traj.turn2_ids)
+    first = {"both": 1.0, "turn1": 1.0, "turn2": 0.0}[turns]
+    second = {"both": 1.0, "turn1": 0.0, "turn2": 1.0}[turns]
+    return torch.cat([torch.full((n1,), first), torch.full((n2,), second)])
 
 
 def _mean_box_area(trajs, items) -> float:

@@ -39,6 +39,7 @@ from ..rl.controls import CONTROLS, constant_answer, control_score_group
 from ..train.grpo import train_grpo
 from ..train.loop import read_log
 from ..train.recipes import run_sft
+from ..train.sft import dialogue_records, encode_records, train
 from .viz_rl import curve_points
 
 EVAL_ORGANS = ("liver", "breast")
@@ -94,37 +95,63 @@ def train_control(control: str, profile: Profile, start: dict, out_dir, progress
                            control_score_group(control), progress)
 
 
-def control_values(control: str, records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+def control_values(control: str, records: Sequence[dict], sampled: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(per-case value, mask of the cases the control reads) from generation records: the share of
-    rollouts giving the constant answer (every case), or the greedy IoU / hit (c = 1 cases)."""
+    rollouts giving the constant answer (every case), or the greedy IoU / hit (c = 1 cases); with `sampled`,
+    the mean IoU / hit over each case's sampled rollouts (what GRPO's reward averages)."""
     if control == "constant":
         vals = [np.mean([ro["answer"] == constant_answer(r["attribute"]) for ro in r["rollouts"]]) for r in records]
         return np.asarray(vals, float), np.ones(len(records), bool)
-    first = [r["rollouts"][0] for r in records]
+    rolls = [r["rollouts"] if sampled else r["rollouts"][:1] for r in records]
     if control == "iou":
-        vals = [f["iou"] for f in first]
+        vals = [np.mean([ro["iou"] for ro in rs]) for rs in rolls]
     else:
-        vals = [float(f["answer"] is not None and f["answer"] == r["label"]) for f, r in zip(first, records)]
+        vals = [np.mean([ro["answer"] is not None and ro["answer"] == r["label"] for ro in rs])
+                for rs, r in zip(rolls, records)]
     return np.asarray(vals, float), np.array([r["c"] == 1 for r in records])
 
 
 def evaluate_adapter(control: str, profile: Profile, method: Method, items, cache_dir, dataset: str, seed: int,
-                     progress: bool = True) -> list[dict]:
-    """Generation records of `method` on `items` for this control (sampled G rollouts for "constant", greedy
-    otherwise), through the workbook's generation cache in `cache_dir` (reused while the weights and the
-    settings are the same)."""
-    mode = "sample" if control == "constant" else "greedy"
+                     progress: bool = True, mode: Optional[str] = None) -> list[dict]:
+    """Generation records of `method` on `items` for this control (`mode`, by default sampled G rollouts for
+    "constant" and greedy otherwise), through the workbook's generation cache in `cache_dir` (reused while the
+    weights and the settings are the same)."""
+    mode = mode or ("sample" if control == "constant" else "greedy")
     return evaluate_methods([method], {dataset: items}, profile, cache_dir, modes=(mode,), seeds=(seed,),
                             progress=progress)[(method.name, dataset, mode, seed)]
 
 
-def paired_change(control: str, before: Sequence[dict], after: Sequence[dict], n_boot: int = 2000) -> dict:
-    """start, end, delta = end - start and its paired 95 % bootstrap interval over the read cases."""
-    b, mask = control_values(control, before)
-    a, _ = control_values(control, after)
+def paired_change(control: str, before: Sequence[dict], after: Sequence[dict], n_boot: int = 2000,
+                  sampled: bool = False) -> dict:
+    """start, end, delta = end - start and its paired 95 % bootstrap interval over the read cases
+    (`sampled`: see :func:`control_values`)."""
+    b, mask = control_values(control, before, sampled)
+    a, _ = control_values(control, after, sampled)
     b, a = b[mask], a[mask]
     delta, lo, hi = bootstrap_ci(lambda x, y: float(np.mean(y - x)), b, a, n_boot=n_boot)
     return dict(start=float(b.mean()), end=float(a.mean()), delta=delta, delta_ci=[lo, hi], n_cases=int(mask.sum()))
+
+
+def group_headroom(records: Sequence[dict]) -> dict:
+    """What GRPO can see in a policy's sampled groups, on c = 1 cases of sample-mode generation records
+    (G rollouts each): the mean IoU of a rollout and of the best of G, the within-group spread of IoU (GRPO
+    ranks rollouts by it), the share of right answers, the share of cases with at least one right answer,
+    and the share of groups whose answers are all alike (no accuracy signal).
+
+    >>> r = lambda iou, a: dict(iou=iou, answer=a)
+    >>> recs = [dict(c=1, label="A", rollouts=[r(0.2, "A"), r(0.6, "B")]), dict(c=0, label="A", rollouts=[r(0, "A")])]
+    >>> h = group_headroom(recs)
+    >>> round(h["iou_mean"], 2), round(h["iou_best"], 2), round(h["iou_spread"], 2), h["acc_any"], h["answers_alike"]
+    (0.4, 0.6, 0.2, 1.0, 0.0)
+    """
+    rows = [r for r in records if r["c"] == 1]
+    iou = [np.array([ro["iou"] for ro in r["rollouts"]], float) for r in rows]
+    right = [np.array([ro["answer"] == r["label"] for ro in r["rollouts"]], float) for r in rows]
+    return dict(n_cases=len(rows), rollouts=int(np.mean([len(r["rollouts"]) for r in rows])) if rows else 0,
+                iou_mean=float(np.mean([x.mean() for x in iou])), iou_best=float(np.mean([x.max() for x in iou])),
+                iou_spread=float(np.mean([x.std() for x in iou])),
+                acc_mean=float(np.mean([x.mean() for x in right])), acc_any=float(np.mean([x.max() for x in right])),
+                answers_alike=float(np.mean([len({ro["answer"] for ro in r["rollouts"]}) == 1 for r in rows])))
 
 
 def curve_summary(log: Sequence[dict], parts: int = 4) -> list[float]:
@@ -162,13 +189,73 @@ def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Opti
     dataset = f"fresh_{eval_tag}_{n_eval}"
     before = evaluate_adapter(control, profile, Method("sft_start", "zoom", start["base"], start["adapter"]), items,
                               out_dir / "generations", dataset, seed, progress)
-    after = evaluate_adapter(control, profile, Method(arm.name, "zoom", start["base"], str(arm / "adapter")), items,
-                             arm / "generations", dataset, seed, progress)
-    row = dict(control=control, steps=steps, **paired_change(control, before, after),
+    trained = Method(arm.name, "zoom", start["base"], str(arm / "adapter"))
+    after = evaluate_adapter(control, profile, trained, items, arm / "generations", dataset, seed, progress)
+    sampled = {}
+    if control != "constant":   # also what the reward itself averages: the mean over G sampled rollouts
+        pair = [evaluate_adapter(control, profile, m, items, d, dataset, seed, progress, mode="sample")
+                for m, d in ((Method("sft_start", "zoom", start["base"], start["adapter"]), out_dir / "generations"),
+                             (trained, arm / "generations"))]
+        sampled = dict(sampled=paired_change(control, *pair, sampled=True), headroom_start=group_headroom(pair[0]),
+                       headroom_end=group_headroom(pair[1]))
+    row = dict(control=control, steps=steps, **paired_change(control, before, after), **sampled,
                reward_curve=curve_summary(log), overrides={k: v for k, v in (overrides or {}).items()},
                tool_call_valid_end=float(np.mean([r["rollouts"][0]["tool_error"] is None for r in after])),
                seconds=time.perf_counter() - t0)
     atomic_write_json(arm / "result.json", row)
+    return row
+
+
+def train_supervised(profile: Profile, start: dict, out_dir, steps: int, lr: float, progress: bool = True) -> str:
+    """The supervised reference of a control: the SFT start's adapter trained on for `steps` more LoRA steps
+    (batch ``profile.sft.batch_size``, cosine from `lr`) on the true zoom dialogues of the same training
+    cases, i.e. with the true box and the true answer in place of a reward. Resumable; returns the adapter."""
+    out_dir = Path(out_dir)
+    adapter = out_dir / "adapter"
+    if (adapter / "adapter_config.json").exists():
+        return str(adapter)
+    model, processor = load_model_and_processor(start["base"], device=profile.device, **profile.model.pixel_bounds)
+    model = PeftModel.from_pretrained(model, start["adapter"], is_trainable=True)
+    examples = encode_records(dialogue_records(start["data"], "train", "zoom"), start["data"], processor, progress,
+                              "encode train (zoom)")
+    train(model, processor, examples, steps, profile.sft.batch_size, lr, out_dir / "checkpoints",
+          profile.sft.checkpoint_every, True, profile.seed + 11, warmup=profile.sft.lr_warmup_steps,
+          progress=progress, device=profile.device)
+    model.save_pretrained(adapter, safe_serialization=True)
+    return str(adapter)
+
+
+def run_supervised(control: str, steps: int, out_dir, run_dir=None, lr: float = 1e-4, n_eval: int = 60,
+                   overrides: Optional[dict] = None, eval_tag: str = "controls", progress: bool = True) -> dict:
+    """How far supervision moves a control's quantity: the SFT start trained `steps` more steps on the true
+    dialogues (:func:`train_supervised`), and the base with no adapter, each paired against the SFT start on
+    the same fresh cases as :func:`run_control` (`overrides` as there). Writes
+    ``out_dir/supervised_{steps}_{lr}[_digest]/result_{control}.json``."""
+    if control not in ("iou", "accuracy"):
+        raise ValueError(f"the supervised reference reads 'iou' or 'accuracy', got {control!r}")
+    t0 = time.perf_counter()
+    profile = get_profile("cpu", **dict(overrides or {}))
+    out_dir = Path(out_dir)
+    start = sft_start(profile, out_dir, run_dir)
+    digest = arm_name("supervised", steps, overrides)[len(f"supervised_{steps}"):]   # "" or "_" + the overrides' digest
+    arm = out_dir / f"supervised_{steps}_{lr:g}{digest}"
+    adapter = train_supervised(profile, start, arm, steps, lr, progress)
+    items = fresh_items(profile, EVAL_ORGANS, n_eval, eval_tag)
+    seed, dataset = profile.seed + 7919, f"fresh_{eval_tag}_{n_eval}"
+    before = evaluate_adapter(control, profile, Method("sft_start", "zoom", start["base"], start["adapter"]), items,
+                              out_dir / "generations", dataset, seed, progress)
+    after = evaluate_adapter(control, profile, Method(arm.name, "zoom", start["base"], adapter), items,
+                             arm / "generations", dataset, seed, progress)
+    base = evaluate_adapter(control, profile, Method("base", "zoom", start["base"]), items,
+                            out_dir / "generations", dataset, seed, progress)
+    sft_log = read_log(Path(start["adapter"]).parent.parent / "checkpoints" / "sft_zoom_lora")
+    row = dict(control=control, reference="supervised", steps=steps, lr=lr,
+               dialogues=steps * profile.sft.batch_size, **paired_change(control, before, after),
+               start_vs_base=paired_change(control, base, before),
+               start_dialogues=len(sft_log) * profile.sft.batch_size,
+               loss_curve=curve_summary([dict(reward_total=r["loss"]) for r in read_log(arm / "checkpoints")]),
+               seconds=time.perf_counter() - t0)
+    atomic_write_json(arm / f"result_{control}.json", row)
     return row
 
 
@@ -182,6 +269,8 @@ def collect_controls(out_dir) -> list[dict]:
         log = read_log(result.parent / "checkpoints")
         row["curve"] = curve_points(log)
         rows.append(row)
+    for result in sorted(out_dir.glob("supervised_*/result_*.json")):   # their curve is a loss, kept in the row
+        rows.append(dict(json.loads(result.read_text()), name=result.parent.name))
     rows.sort(key=lambda r: (CONTROLS.index(r["control"]), r["name"]))
     atomic_write_json(out_dir / "controls.json", rows)
     return rows
@@ -196,8 +285,18 @@ def main(argv=None) -> None:
     ap.add_argument("--n-eval", type=int, default=60, help="fresh cases per organ (liver, breast)")
     ap.add_argument("--set", nargs="*", default=[], metavar="stage__field=value",
                     help="profile overrides, e.g. grpo__lr=3e-4 grpo__ppo_epochs=4")
+    ap.add_argument("--supervised", action="store_true",
+                    help="instead of GRPO, train the SFT start --steps more steps on the true dialogues (the "
+                         "supervised reference of the iou and accuracy controls) and pair it and the base with the start")
+    ap.add_argument("--lr", type=float, default=1e-4, help="learning rate of --supervised")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.supervised:
+        row = run_supervised(args.control, args.steps, args.out, args.run_dir, args.lr, args.n_eval,
+                             parse_key_values(args.set), progress=not args.no_progress)
+        collect_controls(args.out)
+        print(json.dumps(row))
+        return
     row = run_control(args.control, args.steps, args.out, args.run_dir, parse_key_values(args.set), args.n_eval,
                       progress=not args.no_progress)
     collect_controls(args.out)
