@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -73,13 +73,18 @@ print("recipe of the study:", STUDY_RECIPE)
 #
 # Each row: the quantity the control reads on fresh cases (the share of 8 sampled rollouts giving the constant
 # answer; greedy mIoU on c = 1; greedy accuracy on c = 1) before (`start`, the SFT adapter) and after GRPO
-# (`end`), with the paired 95 % interval of the change. `overrides` names the recipe.
+# (`end`), with the paired 95 % interval of the change. `overrides` names the recipe; `start_from` says when
+# GRPO started from a deliberately degraded start (the recovery control); rows of kind `supervised` train the
+# start on the true dialogues instead of a reward (how far supervision itself moves the quantity), with
+# `sampled` the same change read over the 8 sampled rollouts that the reward averages.
 
 # %%
 controls = pd.read_json(Path(controls_dir) / "controls.json") if (Path(controls_dir) / "controls.json").exists() else pd.DataFrame()
 if len(controls):
-    display(controls[["control", "steps", "start", "end", "delta", "delta_ci", "n_cases", "overrides"]].round(3))
-    viz_rl.rl_curves({r["name"]: r["curve"] for _, r in controls.iterrows()},
+    controls["kind"] = controls["reference"].fillna("grpo") if "reference" in controls else "grpo"
+    display(controls.reindex(columns=["control", "kind", "steps", "start_from", "start", "end", "delta", "delta_ci",
+                                      "sampled", "n_cases", "overrides"]).round(3))
+    viz_rl.rl_curves({r["name"]: r["curve"] for _, r in controls[controls["kind"] == "grpo"].iterrows()},
                      save_path=run.figure("rl_controls_curves.png"));
 else:
     print("no positive controls found: python -m zoomdx_lib.workbook.rl_controls --control constant --out runs/rl")

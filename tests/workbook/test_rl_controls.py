@@ -134,9 +134,37 @@ def test_supervised_reference_pairs_itself_and_the_base_with_the_start(tmp_path,
     [arm] = tmp_path.glob("supervised_2_0.001_*")
     assert (arm / "adapter" / "adapter_config.json").exists() and len(row["loss_curve"]) == 2
     rows = json.loads((tmp_path / "controls.json").read_text())
-    assert [r["name"] for r in rows if r.get("reference") == "supervised"] == [arm.name]
+    assert [r["name"] for r in rows if r.get("reference") == "supervised"] == [f"{arm.name}/iou"]
     rl_controls.main(args)
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["end"] == row["end"]
     with pytest.raises(ValueError, match="supervised reference"):
         rl_controls.run_supervised("constant", 1, tmp_path)
+
+
+def test_scaled_boxes_change_the_tool_call_only():
+    from zoomdx_lib.protocol import parse_tool_call
+    from zoomdx_lib.rl.controls import with_scaled_boxes
+    call = '<think>Look.</think>\n<tool_call>{"bbox_2d": [40, 40, 120, 100]}</tool_call>'
+    record = {"id": "r", "messages": [
+        {"role": "user", "content": [{"type": "image", "image": "a.png"}, {"type": "text", "text": "Q?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": call}]},
+        {"role": "user", "content": [{"type": "image", "image": "crop.png"}, {"type": "text", "text": "(Zoomed view)"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": '<answer>{"echo": "Anechoic"}</answer>'}]}]}
+    [out] = with_scaled_boxes([record], 0.5)
+    new = out["messages"][1]["content"][0]["text"]
+    assert new.startswith("<think>Look.</think>\n") and record["messages"][1]["content"][0]["text"] == call
+    assert parse_tool_call(new, (256, 256), (256, 256)).box_model == (60.0, 55.0, 100.0, 85.0)
+    assert out["messages"][2:] == record["messages"][2:]
+
+
+@pytest.mark.slow
+def test_recovery_control_starts_from_the_degraded_policy(tmp_path, capsys, monkeypatch):
+    """--degrade-box: the start is the SFT start trained on half-size boxes, and both ends pair against it."""
+    monkeypatch.setattr(rl_controls, "DEGRADE_STEPS", 3)
+    rl_controls.main(["--control", "iou", "--steps", "2", "--out", str(tmp_path), "--n-eval", "2", "--no-progress",
+                      "--degrade-box", "0.5", "--set", *[f"{k}={json.dumps(v)}" for k, v in SMALL.items()]])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["start_from"] == "sft_start_box0.5"
+    assert (tmp_path / "sft_start_box0.5" / "adapter" / "adapter_config.json").exists()
+    assert list(tmp_path.glob("iou_2_*_from_box0.5/result.json"))

@@ -6,10 +6,13 @@ rewards can show. :mod:`zoomdx_lib.workbook.rl_controls` runs these.
 """
 from __future__ import annotations
 
+import copy
+import json
 from typing import Any, Sequence
 
 import numpy as np
 
+from ..protocol import TOOL_CALL_RE, format_tool_call
 from ..schema import ATTRIBUTE_LABELS
 from .rewards import _field, r_acc, r_loc, reward_components, trajectory_format
 
@@ -63,3 +66,31 @@ def control_score_group(control: str):
         comp["answers"] = [r["answer"] for r in rolls]
         return comp
     return reward_fn
+
+
+def scaled_tool_call(text: str, scale: float) -> str:
+    """`text` with its first tool call's box scaled by `scale` about its centre (each side times `scale`).
+
+    >>> scaled_tool_call('<think>x</think>\\n<tool_call>{"bbox_2d": [10, 20, 110, 100]}</tool_call>', 0.5)
+    '<think>x</think>\\n<tool_call>{"bbox_2d": [35, 40, 85, 80]}</tool_call>'
+    """
+    m = TOOL_CALL_RE.search(text)
+    if m is None:
+        raise ValueError(f"no tool call to scale in {text[:80]!r}")
+    x1, y1, x2, y2 = json.loads(m.group(1))["bbox_2d"]
+    cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * scale / 2, (y2 - y1) * scale / 2
+    return text[:m.start()] + format_tool_call((cx - hw, cy - hh, cx + hw, cy + hh)) + text[m.end():]
+
+
+def with_scaled_boxes(records: Sequence[dict], scale: float) -> list[dict]:
+    """Zoom SFT records ({"id", "messages"}) whose turn-1 tool call asks for a box `scale` times the true one's
+    sides (the crop turn is left as it was): training on them gives the degraded start of the iou control's
+    recovery run, a policy with a state-independent error that IoU alone can correct."""
+    out = []
+    for record in records:
+        record = copy.deepcopy(record)
+        first = next(m for m in record["messages"] if m["role"] == "assistant")
+        part = next(c for c in first["content"] if c["type"] == "text")
+        part["text"] = scaled_tool_call(part["text"], scale)
+        out.append(record)
+    return out

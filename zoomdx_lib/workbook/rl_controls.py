@@ -35,7 +35,7 @@ from ..eval.generate import Method, evaluate_methods
 from ..eval.metrics import bootstrap_ci
 from ..io import atomic_write_json
 from ..model.load import load_model_and_processor
-from ..rl.controls import CONTROLS, constant_answer, control_score_group
+from ..rl.controls import CONTROLS, constant_answer, control_score_group, with_scaled_boxes
 from ..train.grpo import train_grpo
 from ..train.loop import read_log
 from ..train.recipes import run_sft
@@ -172,52 +172,71 @@ def arm_name(control: str, steps: int, overrides: Optional[dict] = None) -> str:
     return f"{control}_{steps}_{digest}"
 
 
+DEGRADE_STEPS, DEGRADE_LR = 100, 1e-3   # the degraded start: 100 LoRA steps on scaled boxes, as fast as SFT's own lr
+
+
 def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Optional[dict] = None,
-                n_eval: int = 60, eval_tag: str = "controls", progress: bool = True) -> dict:
+                n_eval: int = 60, eval_tag: str = "controls", progress: bool = True,
+                degrade_box: Optional[float] = None) -> dict:
     """Train and evaluate one positive control; returns (and writes to ``out_dir/{arm_name(...)}/result.json``)
-    the result row. `n_eval` fresh cases per organ (liver, breast) from split ``fresh_{eval_tag}``."""
+    the result row. `n_eval` fresh cases per organ (liver, breast) from split ``fresh_{eval_tag}``.
+
+    `degrade_box` (the recovery control): GRPO starts instead from the SFT start trained ``DEGRADE_STEPS``
+    more steps on dialogues whose boxes are scaled by it, so its boxes are wrong by a factor the image does
+    not decide; the start and the end are both paired against that degraded start."""
     if control not in CONTROLS:
         raise ValueError(f"unknown control {control!r}; choose one of {CONTROLS}")
     t0 = time.perf_counter()
     profile = get_profile("cpu", **dict(overrides or {}, grpo__steps=steps))
     out_dir = Path(out_dir)
-    start = sft_start(profile, out_dir, run_dir)
+    start, start_name, start_gen = sft_start(profile, out_dir, run_dir), "sft_start", out_dir / "generations"
     arm = out_dir / arm_name(control, steps, overrides)
+    if degrade_box is not None:
+        start_name = f"sft_start_box{degrade_box:g}"
+        start = dict(start, adapter=train_supervised(profile, start, out_dir / start_name, DEGRADE_STEPS, DEGRADE_LR,
+                                                     progress, box_scale=degrade_box))
+        start_gen = out_dir / start_name / "generations"
+        arm = arm.with_name(f"{arm.name}_from_box{degrade_box:g}")
     log = train_control(control, profile, start, arm, progress)
     items = fresh_items(profile, EVAL_ORGANS, n_eval, eval_tag)
     seed = profile.seed + 7919
     dataset = f"fresh_{eval_tag}_{n_eval}"
-    before = evaluate_adapter(control, profile, Method("sft_start", "zoom", start["base"], start["adapter"]), items,
-                              out_dir / "generations", dataset, seed, progress)
+    first = Method(start_name, "zoom", start["base"], start["adapter"])
+    before = evaluate_adapter(control, profile, first, items, start_gen, dataset, seed, progress)
     trained = Method(arm.name, "zoom", start["base"], str(arm / "adapter"))
     after = evaluate_adapter(control, profile, trained, items, arm / "generations", dataset, seed, progress)
     sampled = {}
     if control != "constant":   # also what the reward itself averages: the mean over G sampled rollouts
         pair = [evaluate_adapter(control, profile, m, items, d, dataset, seed, progress, mode="sample")
-                for m, d in ((Method("sft_start", "zoom", start["base"], start["adapter"]), out_dir / "generations"),
-                             (trained, arm / "generations"))]
+                for m, d in ((first, start_gen), (trained, arm / "generations"))]
         sampled = dict(sampled=paired_change(control, *pair, sampled=True), headroom_start=group_headroom(pair[0]),
                        headroom_end=group_headroom(pair[1]))
     row = dict(control=control, steps=steps, **paired_change(control, before, after), **sampled,
                reward_curve=curve_summary(log), overrides={k: v for k, v in (overrides or {}).items()},
+               start_from=start_name,
                tool_call_valid_end=float(np.mean([r["rollouts"][0]["tool_error"] is None for r in after])),
                seconds=time.perf_counter() - t0)
     atomic_write_json(arm / "result.json", row)
     return row
 
 
-def train_supervised(profile: Profile, start: dict, out_dir, steps: int, lr: float, progress: bool = True) -> str:
+def train_supervised(profile: Profile, start: dict, out_dir, steps: int, lr: float, progress: bool = True,
+                     box_scale: Optional[float] = None) -> str:
     """The supervised reference of a control: the SFT start's adapter trained on for `steps` more LoRA steps
     (batch ``profile.sft.batch_size``, cosine from `lr`) on the true zoom dialogues of the same training
-    cases, i.e. with the true box and the true answer in place of a reward. Resumable; returns the adapter."""
+    cases, i.e. with the true box and the true answer in place of a reward. With `box_scale`, the dialogues'
+    boxes are scaled by it (:func:`~zoomdx_lib.rl.controls.with_scaled_boxes`): the degraded start of the
+    recovery control. Resumable; returns the adapter."""
     out_dir = Path(out_dir)
     adapter = out_dir / "adapter"
     if (adapter / "adapter_config.json").exists():
         return str(adapter)
     model, processor = load_model_and_processor(start["base"], device=profile.device, **profile.model.pixel_bounds)
     model = PeftModel.from_pretrained(model, start["adapter"], is_trainable=True)
-    examples = encode_records(dialogue_records(start["data"], "train", "zoom"), start["data"], processor, progress,
-                              "encode train (zoom)")
+    records = dialogue_records(start["data"], "train", "zoom")
+    if box_scale is not None:
+        records = with_scaled_boxes(records, box_scale)
+    examples = encode_records(records, start["data"], processor, progress, "encode train (zoom)")
     train(model, processor, examples, steps, profile.sft.batch_size, lr, out_dir / "checkpoints",
           profile.sft.checkpoint_every, True, profile.seed + 11, warmup=profile.sft.lr_warmup_steps,
           progress=progress, device=profile.device)
@@ -270,7 +289,8 @@ def collect_controls(out_dir) -> list[dict]:
         row["curve"] = curve_points(log)
         rows.append(row)
     for result in sorted(out_dir.glob("supervised_*/result_*.json")):   # their curve is a loss, kept in the row
-        rows.append(dict(json.loads(result.read_text()), name=result.parent.name))
+        row = json.loads(result.read_text())
+        rows.append(dict(row, name=f"{result.parent.name}/{row['control']}"))
     rows.sort(key=lambda r: (CONTROLS.index(r["control"]), r["name"]))
     atomic_write_json(out_dir / "controls.json", rows)
     return rows
@@ -289,6 +309,9 @@ def main(argv=None) -> None:
                     help="instead of GRPO, train the SFT start --steps more steps on the true dialogues (the "
                          "supervised reference of the iou and accuracy controls) and pair it and the base with the start")
     ap.add_argument("--lr", type=float, default=1e-4, help="learning rate of --supervised")
+    ap.add_argument("--degrade-box", type=float, default=None, metavar="SCALE",
+                    help="start GRPO from the SFT start trained to ask for boxes SCALE times the true sides "
+                         "(the recovery control: an error IoU alone can correct)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.supervised:
@@ -298,7 +321,7 @@ def main(argv=None) -> None:
         print(json.dumps(row))
         return
     row = run_control(args.control, args.steps, args.out, args.run_dir, parse_key_values(args.set), args.n_eval,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, degrade_box=args.degrade_box)
     collect_controls(args.out)
     print(json.dumps(row))
 
