@@ -61,7 +61,9 @@ def make_run(root, profile="cpu", seed=0, claims=CLAIMS):
     _write(root / "metrics" / "04_calibration_analysis.json", dict(
         methods=["single_turn_sft", "zoom_sft", "grpo_uncertainty_credit"], datasets=["test_liver", "test_breast"],
         numbers=[dict(zip(("method", "dataset", "metric", "point", "low", "high"), r)) for r in NUMBERS],
-        claims=claims))
+        claims=claims, crop_use=[dict(method="zoom_sft", source=src, n=80, acc_c1=acc, acc_all=acc, changed=ch)
+                                 for src, acc, ch in (("own", 0.5375, 0.0), ("true", 0.625, 0.15),
+                                                      ("blank", 0.35, 0.325), ("elsewhere", 0.4, 0.3))]))
     (root / "figures").mkdir()
     (root / "figures" / "claims_paired.png").write_bytes(b"\x89PNG")
     (root / "tables").mkdir()
@@ -169,3 +171,9 @@ def test_the_smoke_page_is_labelled():
     assert re.search(r"profile \*\*\w+\*\*, seed \d+", page) and "python -m zoomdx_lib.eval.report" in page
     assert "Profile **smoke**" in page or "profile **smoke**" not in page           # a smoke page says so
     assert re.search(r"git commit `[0-9a-f]{40}`", page)
+
+
+def test_crop_use_rows_carry_the_files_numbers(page):
+    [row] = table_after(page, "Does the answer use the crop?")
+    assert row == {"method": "zoom_sft", "n": "80", "own crop": "53.8", "true crop": "62.5", "blank": "35.0",
+                   "elsewhere": "40.0", "changed by blank": "32.5", "changed by elsewhere": "30.0"}

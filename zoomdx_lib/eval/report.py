@@ -171,6 +171,27 @@ def claims_section(m04: dict) -> list[str]:
     return out + md_table(["claim", "split", "n", "better − worse [95 % CI]", "verdict"], rows)
 
 
+def crop_use_section(m04: dict) -> list[str]:
+    """Does turn 2 use the crop (notebook 04's ``crop_use`` rows: method, source, n, acc_c1, acc_all,
+    changed)? One row per method: accuracy (all cases, %) with its own crop, the true crop, a blank crop and a
+    crop elsewhere, and the share of answers a blank or elsewhere crop changed."""
+    rows = m04.get("crop_use", [])
+    if not rows:
+        return []
+    by = {(r["method"], r["source"]): r for r in rows}
+    table = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cell = lambda source, key="acc_all": (f"{100 * by[(method, source)][key]:.1f}"   # noqa: E731
+                                              if (method, source) in by else "–")
+        table.append((method, by.get((method, "own"), {}).get("n", "–"), cell("own"), cell("true"), cell("blank"),
+                      cell("elsewhere"), cell("blank", "changed"), cell("elsewhere", "changed")))
+    return (["Turn 1 is kept; turn 2 answers from its own crop or from another (accuracy over all cases, %; "
+             "changed = answers that differ from the own-crop answer, %). If a blank crop changed few answers, "
+             "turn 2 would be reading the full view, not the crop.", ""]
+            + md_table(["method", "n", "own crop", "true crop", "blank", "elsewhere", "changed by blank",
+                        "changed by elsewhere"], table))
+
+
 def grounding_section(m00: dict) -> list[str]:
     """The base's grounding check of notebook 00 (per organ: greedy box mIoU and oracle-crop accuracy,
     0-1, with 95 % intervals, beside the constant answers)."""
@@ -242,6 +263,7 @@ def run_section(run: dict) -> list[str]:
     sections = [("Tables", tables_section(m["eval"])), ("The paper's claims", claims_section(m["eval"])),
                 ("The paper's numbers beside ours (measured on other data and models)",
                  [run["paper_vs_ours"]] if run["paper_vs_ours"] else []),
+                ("Does the answer use the crop? (notebook 04)", crop_use_section(m["eval"])),
                 ("The base sees (notebook 00)", grounding_section(m["base"])),
                 ("Does the crop add evidence? (notebook 01)", readability_section(m["data"])),
                 ("Training (notebooks 02, 03)", training_section(m["sft"], m["grpo"])),
