@@ -142,28 +142,37 @@ def test_supervised_reference_pairs_itself_and_the_base_with_the_start(tmp_path,
         rl_controls.run_supervised("constant", 1, tmp_path)
 
 
-def test_scaled_boxes_change_the_tool_call_only():
-    from zoomdx_lib.protocol import parse_tool_call
-    from zoomdx_lib.rl.controls import with_scaled_boxes
+def test_degraded_records_change_the_tool_call_or_the_answer_only():
+    from zoomdx_lib.protocol import extract_answer, parse_tool_call
+    from zoomdx_lib.rl.controls import degraded_records
     call = '<think>Look.</think>\n<tool_call>{"bbox_2d": [40, 40, 120, 100]}</tool_call>'
     record = {"id": "r", "messages": [
         {"role": "user", "content": [{"type": "image", "image": "a.png"}, {"type": "text", "text": "Q?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": call}]},
         {"role": "user", "content": [{"type": "image", "image": "crop.png"}, {"type": "text", "text": "(Zoomed view)"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": '<answer>{"echo": "Anechoic"}</answer>'}]}]}
-    [out] = with_scaled_boxes([record], 0.5)
+        {"role": "assistant", "content": [{"type": "text", "text": '<answer>{"echo": "Hyperechoic"}</answer>'}]}]}
+    [out] = degraded_records([record], "box", 0.5)
     new = out["messages"][1]["content"][0]["text"]
     assert new.startswith("<think>Look.</think>\n") and record["messages"][1]["content"][0]["text"] == call
     assert parse_tool_call(new, (256, 256), (256, 256)).box_model == (60.0, 55.0, 100.0, 85.0)
     assert out["messages"][2:] == record["messages"][2:]
+    many = degraded_records([dict(record, id=str(i)) for i in range(200)], "answer", 0.6, seed=3)
+    answers = [extract_answer(r["messages"][3]["content"][0]["text"], "echo").label for r in many]
+    assert 0.5 < answers.count(constant_answer("echo")) / 200 < 0.7 and set(answers) == {"Anechoic", "Hyperechoic"}
+    assert all(r["messages"][:3] == record["messages"][:3] for r in many)
+    assert degraded_records([record] * 5, "answer", 0.6, seed=3) == degraded_records([record] * 5, "answer", 0.6, seed=3)
+    with pytest.raises(ValueError, match="unknown degradation"):
+        degraded_records([record], "shape", 1.0)
+    with pytest.raises(ValueError, match="KIND=AMOUNT"):
+        rl_controls.parse_degrade("box")
 
 
 @pytest.mark.slow
 def test_recovery_control_starts_from_the_degraded_policy(tmp_path, capsys, monkeypatch):
-    """--degrade-box: the start is the SFT start trained on half-size boxes, and both ends pair against it."""
+    """--degrade box=0.5: the start is the SFT start trained on half-size boxes, and both ends pair against it."""
     monkeypatch.setattr(rl_controls, "DEGRADE_STEPS", 3)
     rl_controls.main(["--control", "iou", "--steps", "2", "--out", str(tmp_path), "--n-eval", "2", "--no-progress",
-                      "--degrade-box", "0.5", "--set", *[f"{k}={json.dumps(v)}" for k, v in SMALL.items()]])
+                      "--degrade", "box=0.5", "--set", *[f"{k}={json.dumps(v)}" for k, v in SMALL.items()]])
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["start_from"] == "sft_start_box0.5"
     assert (tmp_path / "sft_start_box0.5" / "adapter" / "adapter_config.json").exists()

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..protocol import TOOL_CALL_RE, format_tool_call
+from ..protocol import ANSWER_RE, TOOL_CALL_RE, format_answer, format_tool_call
 from ..schema import ATTRIBUTE_LABELS
 from .rewards import _field, r_acc, r_loc, reward_components, trajectory_format
 
@@ -82,15 +82,39 @@ def scaled_tool_call(text: str, scale: float) -> str:
     return text[:m.start()] + format_tool_call((cx - hw, cy - hh, cx + hw, cy + hh)) + text[m.end():]
 
 
-def with_scaled_boxes(records: Sequence[dict], scale: float) -> list[dict]:
-    """Zoom SFT records ({"id", "messages"}) whose turn-1 tool call asks for a box `scale` times the true one's
-    sides (the crop turn is left as it was): training on them gives the degraded start of the iou control's
-    recovery run, a policy with a state-independent error that IoU alone can correct."""
+def constant_answer_text(text: str) -> str:
+    """`text` with its answer replaced by :func:`constant_answer` of the answer's attribute.
+
+    >>> constant_answer_text('<think>Dark.</think>\\n<answer>{"echo": "Hypoechoic"}</answer>')
+    '<think>Dark.</think>\\n<answer>{"echo": "Anechoic"}</answer>'
+    """
+    m = ANSWER_RE.search(text)
+    if m is None:
+        raise ValueError(f"no answer to replace in {text[:80]!r}")
+    [attribute] = json.loads(m.group(1))
+    return text[:m.start()] + format_answer(attribute, constant_answer(attribute)) + text[m.end():]
+
+
+DEGRADATIONS = ("box", "answer")
+
+
+def degraded_records(records: Sequence[dict], kind: str, amount: float, seed: int = 0) -> list[dict]:
+    """Zoom SFT records ({"id", "messages"}) with a deliberate, state-independent error, for the degraded start
+    of a recovery control: "box" scales every turn-1 box's sides by `amount` about its centre; "answer" gives
+    the constant answer in a share `amount` of the records (drawn with `seed`). The crop turn is left as it
+    was. A policy trained on them is wrong in a way the control's reward alone can correct, and whose right
+    behaviour the model has already shown."""
+    if kind not in DEGRADATIONS:
+        raise ValueError(f"unknown degradation {kind!r}; choose one of {DEGRADATIONS}")
+    pick = np.random.default_rng(seed).random(len(records)) < amount
     out = []
-    for record in records:
+    for record, change in zip(records, pick):
         record = copy.deepcopy(record)
-        first = next(m for m in record["messages"] if m["role"] == "assistant")
-        part = next(c for c in first["content"] if c["type"] == "text")
-        part["text"] = scaled_tool_call(part["text"], scale)
+        turns = [m for m in record["messages"] if m["role"] == "assistant"]
+        part = next(c for c in turns[0 if kind == "box" else -1]["content"] if c["type"] == "text")
+        if kind == "box":
+            part["text"] = scaled_tool_call(part["text"], amount)
+        elif change:
+            part["text"] = constant_answer_text(part["text"])
         out.append(record)
     return out

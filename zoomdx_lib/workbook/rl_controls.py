@@ -35,7 +35,7 @@ from ..eval.generate import Method, evaluate_methods
 from ..eval.metrics import bootstrap_ci
 from ..io import atomic_write_json
 from ..model.load import load_model_and_processor
-from ..rl.controls import CONTROLS, constant_answer, control_score_group, with_scaled_boxes
+from ..rl.controls import CONTROLS, DEGRADATIONS, constant_answer, control_score_group, degraded_records
 from ..train.grpo import train_grpo
 from ..train.loop import read_log
 from ..train.recipes import run_sft
@@ -172,18 +172,34 @@ def arm_name(control: str, steps: int, overrides: Optional[dict] = None) -> str:
     return f"{control}_{steps}_{digest}"
 
 
-DEGRADE_STEPS, DEGRADE_LR = 100, 1e-3   # the degraded start: 100 LoRA steps on scaled boxes, as fast as SFT's own lr
+DEGRADE_STEPS, DEGRADE_LR = 100, 1e-3   # the degraded start: 100 LoRA steps on the degraded dialogues, at SFT's lr
+
+
+def parse_degrade(spec: Optional[str]) -> Optional[tuple[str, float]]:
+    """``"box=0.5"`` -> ("box", 0.5): the degradation of a recovery control's start (None stays None).
+
+    >>> parse_degrade("answer=0.6"), parse_degrade(None)
+    (('answer', 0.6), None)
+    """
+    if spec is None:
+        return None
+    kind, _, amount = spec.partition("=")
+    if kind not in DEGRADATIONS or not amount:
+        raise ValueError(f"--degrade takes KIND=AMOUNT with KIND one of {DEGRADATIONS} (box=0.5: boxes of half the "
+                         f"sides; answer=0.6: the constant answer in 60 % of the dialogues), got {spec!r}")
+    return kind, float(amount)
 
 
 def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Optional[dict] = None,
                 n_eval: int = 60, eval_tag: str = "controls", progress: bool = True,
-                degrade_box: Optional[float] = None) -> dict:
+                degrade: Optional[tuple[str, float]] = None) -> dict:
     """Train and evaluate one positive control; returns (and writes to ``out_dir/{arm_name(...)}/result.json``)
     the result row. `n_eval` fresh cases per organ (liver, breast) from split ``fresh_{eval_tag}``.
 
-    `degrade_box` (the recovery control): GRPO starts instead from the SFT start trained ``DEGRADE_STEPS``
-    more steps on dialogues whose boxes are scaled by it, so its boxes are wrong by a factor the image does
-    not decide; the start and the end are both paired against that degraded start."""
+    `degrade` = (kind, amount) (a recovery control): GRPO starts instead from the SFT start trained
+    ``DEGRADE_STEPS`` more steps on dialogues with a deliberate error (boxes scaled by `amount`, or the
+    constant answer in a share `amount` of them), an error the image does not decide; the start and the end
+    are both paired against that degraded start."""
     if control not in CONTROLS:
         raise ValueError(f"unknown control {control!r}; choose one of {CONTROLS}")
     t0 = time.perf_counter()
@@ -191,12 +207,12 @@ def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Opti
     out_dir = Path(out_dir)
     start, start_name, start_gen = sft_start(profile, out_dir, run_dir), "sft_start", out_dir / "generations"
     arm = out_dir / arm_name(control, steps, overrides)
-    if degrade_box is not None:
-        start_name = f"sft_start_box{degrade_box:g}"
+    if degrade is not None:
+        start_name = f"sft_start_{degrade[0]}{degrade[1]:g}"
         start = dict(start, adapter=train_supervised(profile, start, out_dir / start_name, DEGRADE_STEPS, DEGRADE_LR,
-                                                     progress, box_scale=degrade_box))
+                                                     progress, degrade=degrade))
         start_gen = out_dir / start_name / "generations"
-        arm = arm.with_name(f"{arm.name}_from_box{degrade_box:g}")
+        arm = arm.with_name(f"{arm.name}_from_{degrade[0]}{degrade[1]:g}")
     log = train_control(control, profile, start, arm, progress)
     items = fresh_items(profile, EVAL_ORGANS, n_eval, eval_tag)
     seed = profile.seed + 7919
@@ -221,11 +237,11 @@ def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Opti
 
 
 def train_supervised(profile: Profile, start: dict, out_dir, steps: int, lr: float, progress: bool = True,
-                     box_scale: Optional[float] = None) -> str:
+                     degrade: Optional[tuple[str, float]] = None) -> str:
     """The supervised reference of a control: the SFT start's adapter trained on for `steps` more LoRA steps
     (batch ``profile.sft.batch_size``, cosine from `lr`) on the true zoom dialogues of the same training
-    cases, i.e. with the true box and the true answer in place of a reward. With `box_scale`, the dialogues'
-    boxes are scaled by it (:func:`~zoomdx_lib.rl.controls.with_scaled_boxes`): the degraded start of the
+    cases, i.e. with the true box and the true answer in place of a reward. With `degrade` = (kind, amount),
+    the dialogues carry that error (:func:`~zoomdx_lib.rl.controls.degraded_records`): the degraded start of a
     recovery control. Resumable; returns the adapter."""
     out_dir = Path(out_dir)
     adapter = out_dir / "adapter"
@@ -234,8 +250,8 @@ def train_supervised(profile: Profile, start: dict, out_dir, steps: int, lr: flo
     model, processor = load_model_and_processor(start["base"], device=profile.device, **profile.model.pixel_bounds)
     model = PeftModel.from_pretrained(model, start["adapter"], is_trainable=True)
     records = dialogue_records(start["data"], "train", "zoom")
-    if box_scale is not None:
-        records = with_scaled_boxes(records, box_scale)
+    if degrade is not None:
+        records = degraded_records(records, *degrade, seed=profile.seed)
     examples = encode_records(records, start["data"], processor, progress, "encode train (zoom)")
     train(model, processor, examples, steps, profile.sft.batch_size, lr, out_dir / "checkpoints",
           profile.sft.checkpoint_every, True, profile.seed + 11, warmup=profile.sft.lr_warmup_steps,
@@ -309,9 +325,10 @@ def main(argv=None) -> None:
                     help="instead of GRPO, train the SFT start --steps more steps on the true dialogues (the "
                          "supervised reference of the iou and accuracy controls) and pair it and the base with the start")
     ap.add_argument("--lr", type=float, default=1e-4, help="learning rate of --supervised")
-    ap.add_argument("--degrade-box", type=float, default=None, metavar="SCALE",
-                    help="start GRPO from the SFT start trained to ask for boxes SCALE times the true sides "
-                         "(the recovery control: an error IoU alone can correct)")
+    ap.add_argument("--degrade", default=None, metavar="KIND=AMOUNT",
+                    help="a recovery control: start GRPO from the SFT start trained on dialogues with a deliberate "
+                         "error, box=SCALE (boxes SCALE times the true sides) or answer=SHARE (the constant answer "
+                         "in that share of the dialogues)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.supervised:
@@ -321,7 +338,7 @@ def main(argv=None) -> None:
         print(json.dumps(row))
         return
     row = run_control(args.control, args.steps, args.out, args.run_dir, parse_key_values(args.set), args.n_eval,
-                      progress=not args.no_progress, degrade_box=args.degrade_box)
+                      progress=not args.no_progress, degrade=parse_degrade(args.degrade))
     collect_controls(args.out)
     print(json.dumps(row))
 
