@@ -174,6 +174,6 @@ def test_recovery_control_starts_from_the_degraded_policy(tmp_path, capsys, monk
     rl_controls.main(["--control", "iou", "--steps", "2", "--out", str(tmp_path), "--n-eval", "2", "--no-progress",
                       "--degrade", "box=0.5", "--set", *[f"{k}={json.dumps(v)}" for k, v in SMALL.items()]])
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert row["start_from"] == "sft_start_box0.5"
+    assert row["start_from"] == "sft_start_box0.5" and row["train_seed"] == 0
     assert (tmp_path / "sft_start_box0.5" / "adapter" / "adapter_config.json").exists()
     assert list(tmp_path.glob("iou_2_*_from_box0.5/result.json"))

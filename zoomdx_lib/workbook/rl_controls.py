@@ -70,7 +70,7 @@ def sft_start(profile: Profile, out_dir, run_dir=None) -> dict:
 
 
 def grpo_from_start(profile: Profile, start: dict, cfg, ckpt_dir, adapter_dir, variant: str,
-                    reward_fn=None, progress: bool = True) -> list[dict]:
+                    reward_fn=None, progress: bool = True, seed: Optional[int] = None) -> list[dict]:
     """GRPO with `cfg` from the SFT start's adapter (resumable from `ckpt_dir`), saved to `adapter_dir`;
     a finished run (adapter saved, every step logged) is not loaded again. Returns the log rows."""
     ckpt_dir, adapter_dir = Path(ckpt_dir), Path(adapter_dir)
@@ -79,12 +79,13 @@ def grpo_from_start(profile: Profile, start: dict, cfg, ckpt_dir, adapter_dir, v
     model, processor = load_model_and_processor(start["base"], device=profile.device, **profile.model.pixel_bounds)
     model = PeftModel.from_pretrained(model, start["adapter"], is_trainable=True)
     log = train_grpo(model, processor, load_items(start["data"], "train"), cfg, ckpt_dir, variant, profile.rollout,
-                     profile.hp, profile.seed, progress=progress, reward_fn=reward_fn)
+                     profile.hp, profile.seed if seed is None else seed, progress=progress, reward_fn=reward_fn)
     model.save_pretrained(adapter_dir, safe_serialization=True)
     return log
 
 
-def train_control(control: str, profile: Profile, start: dict, out_dir, progress: bool = True) -> list[dict]:
+def train_control(control: str, profile: Profile, start: dict, out_dir, progress: bool = True,
+                  seed: Optional[int] = None) -> list[dict]:
     """GRPO with the control's reward from the SFT start for ``profile.grpo.steps`` steps, advantages normalised
     within each group (estimator "group", so only the control's reward reaches the update); the adapter is
     saved to ``out_dir/adapter``, checkpoints and ``log.jsonl`` go to ``out_dir/checkpoints``."""
@@ -92,7 +93,7 @@ def train_control(control: str, profile: Profile, start: dict, out_dir, progress
     # plain group normalisation: the credit estimator would add the paper's group term to the control's reward
     cfg = dataclasses.replace(profile.grpo, estimator="group")
     return grpo_from_start(profile, start, cfg, out_dir / "checkpoints", out_dir / "adapter", f"control:{control}",
-                           control_score_group(control), progress)
+                           control_score_group(control), progress, seed)
 
 
 def control_values(control: str, records: Sequence[dict], sampled: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -192,14 +193,15 @@ def parse_degrade(spec: Optional[str]) -> Optional[tuple[str, float]]:
 
 def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Optional[dict] = None,
                 n_eval: int = 60, eval_tag: str = "controls", progress: bool = True,
-                degrade: Optional[tuple[str, float]] = None) -> dict:
+                degrade: Optional[tuple[str, float]] = None, train_seed: Optional[int] = None) -> dict:
     """Train and evaluate one positive control; returns (and writes to ``out_dir/{arm_name(...)}/result.json``)
     the result row. `n_eval` fresh cases per organ (liver, breast) from split ``fresh_{eval_tag}``.
 
     `degrade` = (kind, amount) (a recovery control): GRPO starts instead from the SFT start trained
     ``DEGRADE_STEPS`` more steps on dialogues with a deliberate error (boxes scaled by `amount`, or the
     constant answer in a share `amount` of them), an error the image does not decide; the start and the end
-    are both paired against that degraded start."""
+    are both paired against that degraded start. `train_seed` (a second training of the same control) seeds
+    GRPO's prompt sampler and rollouts instead of the profile's seed; the start and the cases stay the same."""
     if control not in CONTROLS:
         raise ValueError(f"unknown control {control!r}; choose one of {CONTROLS}")
     t0 = time.perf_counter()
@@ -213,7 +215,9 @@ def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Opti
                                                      progress, degrade=degrade))
         start_gen = out_dir / start_name / "generations"
         arm = arm.with_name(f"{arm.name}_from_{degrade[0]}{degrade[1]:g}")
-    log = train_control(control, profile, start, arm, progress)
+    if train_seed is not None:
+        arm = arm.with_name(f"{arm.name}_s{train_seed}")
+    log = train_control(control, profile, start, arm, progress, train_seed)
     items = fresh_items(profile, EVAL_ORGANS, n_eval, eval_tag)
     seed = profile.seed + 7919
     dataset = f"fresh_{eval_tag}_{n_eval}"
@@ -229,7 +233,7 @@ def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Opti
                        headroom_end=group_headroom(pair[1]))
     row = dict(control=control, steps=steps, **paired_change(control, before, after), **sampled,
                reward_curve=curve_summary(log), overrides={k: v for k, v in (overrides or {}).items()},
-               start_from=start_name,
+               start_from=start_name, train_seed=profile.seed if train_seed is None else train_seed,
                tool_call_valid_end=float(np.mean([r["rollouts"][0]["tool_error"] is None for r in after])),
                seconds=time.perf_counter() - t0)
     atomic_write_json(arm / "result.json", row)
@@ -329,6 +333,8 @@ def main(argv=None) -> None:
                     help="a recovery control: start GRPO from the SFT start trained on dialogues with a deliberate "
                          "error, box=SCALE (boxes SCALE times the true sides) or answer=SHARE (the constant answer "
                          "in that share of the dialogues)")
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="seed of GRPO's prompts and rollouts (a second training of a control; default the profile's)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     if args.supervised:
@@ -338,7 +344,7 @@ def main(argv=None) -> None:
         print(json.dumps(row))
         return
     row = run_control(args.control, args.steps, args.out, args.run_dir, parse_key_values(args.set), args.n_eval,
-                      progress=not args.no_progress, degrade=parse_degrade(args.degrade))
+                      progress=not args.no_progress, degrade=parse_degrade(args.degrade), train_seed=args.train_seed)
     collect_controls(args.out)
     print(json.dumps(row))
 
