@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PUBLISH := $(if $(filter cpu,$(PROFILE)),--publish-figures figures,)
 
-.PHONY: install workbook test lab bench base base-arms gpu-smoke clean-runs rl-controls rl-study results
+.PHONY: install workbook test lab bench base base-arms gpu-smoke clean-runs rl-controls rl-recovery rl-study results
 
 # Bootstraps .venv when missing; re-runs pip only when pyproject.toml changed (idempotent).
 $(VENV)/.installed: pyproject.toml
@@ -67,6 +67,17 @@ rl-controls: install
 	for c in constant:60 iou:100 accuracy:100; do $(PY) -m zoomdx_lib.workbook.rl_controls --control $${c%%:*} \
 		--n-eval $${c##*:} --steps 60 --out runs/rl \
 		--set grpo__lr=3e-4 grpo__ppo_epochs=2 grpo__beta=0.04 grpo__refill_rounds=1 $(ARGS) || exit 1; done
+
+# Is the controls' +5-point target within reach? The supervised reference (the SFT start trained 300 more steps
+# on the true dialogues, and the base without adapter, paired with the start) and the recovery controls (GRPO
+# from a start with a deliberate error: boxes of half the sides, the constant answer in 60 % of the dialogues);
+# about 30 min on 2 free cores (docs/rl.md, "Is the target within reach?").
+rl-recovery: install
+	for c in iou accuracy; do $(PY) -m zoomdx_lib.workbook.rl_controls --control $$c --supervised --steps 300 \
+		--lr 1e-3 --n-eval 100 --out runs/rl $(ARGS) || exit 1; done
+	$(PY) -m zoomdx_lib.workbook.rl_controls --control iou --degrade box=0.5 --steps 60 --n-eval 100 --out runs/rl $(ARGS)
+	$(PY) -m zoomdx_lib.workbook.rl_controls --control accuracy --degrade answer=0.6 --steps 60 --n-eval 100 \
+		--out runs/rl $(ARGS)
 
 # The RL study: per seed an SFT start and three GRPO arms, evaluated on 120 fresh cases per organ; resumable,
 # about 27 min per seed on 2 free cores (nohup make rl-study &; five seeds about 2 h 15 min). Three seeds left
