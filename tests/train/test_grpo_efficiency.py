@@ -167,7 +167,8 @@ def test_train_grpo_hands_the_step_the_balanced_prompts(monkeypatch, tmp_path):
 
 def test_the_trl_engine_refuses_options_only_the_explicit_engine_has():
     GRPOConfig(engine="trl")   # defaults are fine
-    for field, value in [("ppo_epochs", 2), ("loss_norm", "token"), ("refill_rounds", 1), ("balance_labels", True)]:
+    for field, value in [("ppo_epochs", 2), ("loss_norm", "token"), ("refill_rounds", 1), ("balance_labels", True),
+                         ("policy_turns", "turn1")]:
         with pytest.raises(ValueError, match=f"{field}.*only the explicit engine"):
             GRPOConfig(engine="trl", **{field: value})
         GRPOConfig(engine="explicit", **{field: value})
