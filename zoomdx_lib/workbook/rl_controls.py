@@ -12,8 +12,10 @@ with one control reward (:func:`zoomdx_lib.rl.controls.control_rewards`):
 
 then evaluates the SFT start and the trained adapter on the same fresh cases (liver + breast, a split no
 run uses: :func:`zoomdx_lib.data.fresh.fresh_items`) and prints one JSON line with ``control``, ``steps``,
-``start``, ``end``, ``delta`` and ``delta_ci`` (paired over cases, 95 % bootstrap). Training resumes from
-its checkpoints and each evaluation is cached, so a killed run continues where it stopped.
+``start``, ``end``, ``delta`` and ``delta_ci`` (paired over cases, 95 % bootstrap); iou and accuracy also over the
+8 sampled rollouts (``sampled``). ``--degrade box=0.5|answer=0.6`` starts from a deliberately degraded start (a
+recovery control), ``--supervised`` trains on the true dialogues instead (the supervised reference). Training
+resumes from its checkpoints and each evaluation is cached, so a killed run continues where it stopped.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from peft import PeftModel
@@ -31,11 +33,11 @@ from peft import PeftModel
 from ..config import Profile, get_profile, parse_key_values
 from ..data.fresh import fresh_items
 from ..data.store import build_synthetic_splits, load_items
+from ..eval.control_reads import control_values, curve_summary, group_headroom, paired_change  # noqa: F401 (tests, notebooks)
 from ..eval.generate import Method, evaluate_methods
-from ..eval.metrics import bootstrap_ci
 from ..io import atomic_write_json
 from ..model.load import load_model_and_processor
-from ..rl.controls import CONTROLS, DEGRADATIONS, constant_answer, control_score_group, degraded_records
+from ..rl.controls import CONTROLS, DEGRADATIONS, control_score_group, degraded_records
 from ..train.grpo import train_grpo
 from ..train.loop import read_log
 from ..train.recipes import run_sft
@@ -96,22 +98,6 @@ def train_control(control: str, profile: Profile, start: dict, out_dir, progress
                            control_score_group(control), progress, seed)
 
 
-def control_values(control: str, records: Sequence[dict], sampled: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(per-case value, mask of the cases the control reads) from generation records: the share of
-    rollouts giving the constant answer (every case), or the greedy IoU / hit (c = 1 cases); with `sampled`,
-    the mean IoU / hit over each case's sampled rollouts (what GRPO's reward averages)."""
-    if control == "constant":
-        vals = [np.mean([ro["answer"] == constant_answer(r["attribute"]) for ro in r["rollouts"]]) for r in records]
-        return np.asarray(vals, float), np.ones(len(records), bool)
-    rolls = [r["rollouts"] if sampled else r["rollouts"][:1] for r in records]
-    if control == "iou":
-        vals = [np.mean([ro["iou"] for ro in rs]) for rs in rolls]
-    else:
-        vals = [np.mean([ro["answer"] is not None and ro["answer"] == r["label"] for ro in rs])
-                for rs, r in zip(rolls, records)]
-    return np.asarray(vals, float), np.array([r["c"] == 1 for r in records])
-
-
 def evaluate_adapter(control: str, profile: Profile, method: Method, items, cache_dir, dataset: str, seed: int,
                      progress: bool = True, mode: Optional[str] = None) -> list[dict]:
     """Generation records of `method` on `items` for this control (`mode`, by default sampled G rollouts for
@@ -120,45 +106,6 @@ def evaluate_adapter(control: str, profile: Profile, method: Method, items, cach
     mode = mode or ("sample" if control == "constant" else "greedy")
     return evaluate_methods([method], {dataset: items}, profile, cache_dir, modes=(mode,), seeds=(seed,),
                             progress=progress)[(method.name, dataset, mode, seed)]
-
-
-def paired_change(control: str, before: Sequence[dict], after: Sequence[dict], n_boot: int = 2000,
-                  sampled: bool = False) -> dict:
-    """start, end, delta = end - start and its paired 95 % bootstrap interval over the read cases
-    (`sampled`: see :func:`control_values`)."""
-    b, mask = control_values(control, before, sampled)
-    a, _ = control_values(control, after, sampled)
-    b, a = b[mask], a[mask]
-    delta, lo, hi = bootstrap_ci(lambda x, y: float(np.mean(y - x)), b, a, n_boot=n_boot)
-    return dict(start=float(b.mean()), end=float(a.mean()), delta=delta, delta_ci=[lo, hi], n_cases=int(mask.sum()))
-
-
-def group_headroom(records: Sequence[dict]) -> dict:
-    """What GRPO can see in a policy's sampled groups, on c = 1 cases of sample-mode generation records
-    (G rollouts each): the mean IoU of a rollout and of the best of G, the within-group spread of IoU (GRPO
-    ranks rollouts by it), the share of right answers, the share of cases with at least one right answer,
-    and the share of groups whose answers are all alike (no accuracy signal).
-
-    >>> r = lambda iou, a: dict(iou=iou, answer=a)
-    >>> recs = [dict(c=1, label="A", rollouts=[r(0.2, "A"), r(0.6, "B")]), dict(c=0, label="A", rollouts=[r(0, "A")])]
-    >>> h = group_headroom(recs)
-    >>> round(h["iou_mean"], 2), round(h["iou_best"], 2), round(h["iou_spread"], 2), h["acc_any"], h["answers_alike"]
-    (0.4, 0.6, 0.2, 1.0, 0.0)
-    """
-    rows = [r for r in records if r["c"] == 1]
-    iou = [np.array([ro["iou"] for ro in r["rollouts"]], float) for r in rows]
-    right = [np.array([ro["answer"] == r["label"] for ro in r["rollouts"]], float) for r in rows]
-    return dict(n_cases=len(rows), rollouts=int(np.mean([len(r["rollouts"]) for r in rows])) if rows else 0,
-                iou_mean=float(np.mean([x.mean() for x in iou])), iou_best=float(np.mean([x.max() for x in iou])),
-                iou_spread=float(np.mean([x.std() for x in iou])),
-                acc_mean=float(np.mean([x.mean() for x in right])), acc_any=float(np.mean([x.max() for x in right])),
-                answers_alike=float(np.mean([len({ro["answer"] for ro in r["rollouts"]}) == 1 for r in rows])))
-
-
-def curve_summary(log: Sequence[dict], parts: int = 4) -> list[float]:
-    """Mean total reward over `parts` equal stretches of the training curve."""
-    r = np.array([row["reward_total"] for row in log], float)
-    return [float(x.mean()) for x in np.array_split(r, parts) if x.size]
 
 
 def arm_name(control: str, steps: int, overrides: Optional[dict] = None) -> str:
