@@ -71,7 +71,7 @@ rl-controls: install
 # Is the controls' +5-point target within reach? The supervised reference (the SFT start trained 300 more steps
 # on the true dialogues, and the base without adapter, paired with the start) and the recovery controls (GRPO
 # from a start with a deliberate error: boxes of half the sides, the constant answer in 60 % of the dialogues);
-# about 30 min on 2 free cores (docs/rl.md, "Is the target within reach?").
+# about 21 min on 2 free cores (docs/rl.md, "Is the target within reach?").
 rl-recovery: install
 	for c in iou accuracy; do $(PY) -m zoomdx_lib.workbook.rl_controls --control $$c --supervised --steps 300 \
 		--lr 1e-3 --n-eval 100 --out runs/rl $(ARGS) || exit 1; done
