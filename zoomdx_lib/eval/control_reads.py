@@ -62,7 +62,7 @@ def group_headroom(records: Sequence[dict]) -> dict:
                 answers_alike=float(np.mean([len({ro["answer"] for ro in r["rollouts"]}) == 1 for r in rows])))
 
 
-def curve_summary(log: Sequence[dict], parts: int = 4) -> list[float]:
-    """Mean total reward over `parts` equal stretches of the training curve."""
-    r = np.array([row["reward_total"] for row in log], float)
+def curve_summary(log: Sequence[dict], parts: int = 4, key: str = "reward_total") -> list[float]:
+    """Mean of `key` (the total reward; ``"loss"`` for an SFT log) over `parts` equal stretches of a training curve."""
+    r = np.array([row[key] for row in log], float)
     return [float(x.mean()) for x in np.array_split(r, parts) if x.size]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -96,6 +96,21 @@ def constant_answer_text(text: str) -> str:
 
 
 DEGRADATIONS = ("box", "answer")
+
+
+def parse_degrade(spec: Optional[str]) -> Optional[tuple[str, float]]:
+    """``"box=0.5"`` -> ("box", 0.5): the degradation of a recovery control's start (None stays None).
+
+    >>> parse_degrade("answer=0.6"), parse_degrade(None)
+    (('answer', 0.6), None)
+    """
+    if spec is None:
+        return None
+    kind, _, amount = spec.partition("=")
+    if kind not in DEGRADATIONS or not amount:
+        raise ValueError(f"--degrade takes KIND=AMOUNT with KIND one of {DEGRADATIONS} (box=0.5: boxes of half the "
+                         f"sides; answer=0.6: the constant answer in 60 % of the dialogues), got {spec!r}")
+    return kind, float(amount)
 
 
 def degraded_records(records: Sequence[dict], kind: str, amount: float, seed: int = 0) -> list[dict]:

@@ -226,10 +226,8 @@ def turn_weights(traj: Trajectory, turns: str) -> torch.Tensor:
     >>> turn_weights(t, "turn1").tolist(), turn_weights(t, "turn2").tolist()
     ([1.0, 1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0, 1.0])
     """
-    n1, n2 = len(traj.turn1_ids), len(traj.turn2_ids)
-    first = {"both": 1.0, "turn1": 1.0, "turn2": 0.0}[turns]
-    second = {"both": 1.0, "turn1": 0.0, "turn2": 1.0}[turns]
-    return torch.cat([torch.full((n1,), first), torch.full((n2,), second)])
+    return torch.cat([torch.full((len(traj.turn1_ids),), float(turns != "turn2")),
+                      torch.full((len(traj.turn2_ids),), float(turns != "turn1"))])
 
 
 def _mean_box_area(trajs, items) -> float:

@@ -37,7 +37,7 @@ from ..eval.control_reads import control_values, curve_summary, group_headroom, 
 from ..eval.generate import Method, evaluate_methods
 from ..io import atomic_write_json
 from ..model.load import load_model_and_processor
-from ..rl.controls import CONTROLS, DEGRADATIONS, control_score_group, degraded_records
+from ..rl.controls import CONTROLS, control_score_group, degraded_records, parse_degrade
 from ..train.grpo import train_grpo
 from ..train.loop import read_log
 from ..train.recipes import run_sft
@@ -108,6 +108,12 @@ def evaluate_adapter(control: str, profile: Profile, method: Method, items, cach
                             progress=progress)[(method.name, dataset, mode, seed)]
 
 
+def fresh_eval(profile: Profile, n_eval: int, eval_tag: str) -> tuple[list, str, int]:
+    """(items, dataset name, generation seed) of the controls' fresh evaluation cases: `n_eval` per organ of
+    :data:`EVAL_ORGANS` from split ``fresh_{eval_tag}``, the same for every control and reference."""
+    return fresh_items(profile, EVAL_ORGANS, n_eval, eval_tag), f"fresh_{eval_tag}_{n_eval}", profile.seed + 7919
+
+
 def arm_name(control: str, steps: int, overrides: Optional[dict] = None) -> str:
     """The folder name of one control run: control, steps and a short digest of the overrides.
 
@@ -121,21 +127,6 @@ def arm_name(control: str, steps: int, overrides: Optional[dict] = None) -> str:
 
 
 DEGRADE_STEPS, DEGRADE_LR = 100, 1e-3   # the degraded start: 100 LoRA steps on the degraded dialogues, at SFT's lr
-
-
-def parse_degrade(spec: Optional[str]) -> Optional[tuple[str, float]]:
-    """``"box=0.5"`` -> ("box", 0.5): the degradation of a recovery control's start (None stays None).
-
-    >>> parse_degrade("answer=0.6"), parse_degrade(None)
-    (('answer', 0.6), None)
-    """
-    if spec is None:
-        return None
-    kind, _, amount = spec.partition("=")
-    if kind not in DEGRADATIONS or not amount:
-        raise ValueError(f"--degrade takes KIND=AMOUNT with KIND one of {DEGRADATIONS} (box=0.5: boxes of half the "
-                         f"sides; answer=0.6: the constant answer in 60 % of the dialogues), got {spec!r}")
-    return kind, float(amount)
 
 
 def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Optional[dict] = None,
@@ -165,9 +156,7 @@ def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Opti
     if train_seed is not None:
         arm = arm.with_name(f"{arm.name}_s{train_seed}")
     log = train_control(control, profile, start, arm, progress, train_seed)
-    items = fresh_items(profile, EVAL_ORGANS, n_eval, eval_tag)
-    seed = profile.seed + 7919
-    dataset = f"fresh_{eval_tag}_{n_eval}"
+    items, dataset, seed = fresh_eval(profile, n_eval, eval_tag)
     first = Method(start_name, "zoom", start["base"], start["adapter"])
     before = evaluate_adapter(control, profile, first, items, start_gen, dataset, seed, progress)
     trained = Method(arm.name, "zoom", start["base"], str(arm / "adapter"))
@@ -226,8 +215,7 @@ def run_supervised(control: str, steps: int, out_dir, run_dir=None, lr: float = 
     digest = arm_name("supervised", steps, overrides)[len(f"supervised_{steps}"):]   # "" or "_" + the overrides' digest
     arm = out_dir / f"supervised_{steps}_{lr:g}{digest}"
     adapter = train_supervised(profile, start, arm, steps, lr, progress)
-    items = fresh_items(profile, EVAL_ORGANS, n_eval, eval_tag)
-    seed, dataset = profile.seed + 7919, f"fresh_{eval_tag}_{n_eval}"
+    items, dataset, seed = fresh_eval(profile, n_eval, eval_tag)
     before = evaluate_adapter(control, profile, Method("sft_start", "zoom", start["base"], start["adapter"]), items,
                               out_dir / "generations", dataset, seed, progress)
     after = evaluate_adapter(control, profile, Method(arm.name, "zoom", start["base"], adapter), items,
@@ -235,11 +223,11 @@ def run_supervised(control: str, steps: int, out_dir, run_dir=None, lr: float = 
     base = evaluate_adapter(control, profile, Method("base", "zoom", start["base"]), items,
                             out_dir / "generations", dataset, seed, progress)
     sft_log = read_log(Path(start["adapter"]).parent.parent / "checkpoints" / "sft_zoom_lora")
-    row = dict(control=control, reference="supervised", steps=steps, lr=lr,
-               dialogues=steps * profile.sft.batch_size, **paired_change(control, before, after),
+    row = dict(control=control, reference="supervised", steps=steps, lr=lr, dialogues=steps * profile.sft.batch_size,
+               **paired_change(control, before, after),
                start_vs_base=paired_change(control, base, before),
                start_dialogues=len(sft_log) * profile.sft.batch_size,
-               loss_curve=curve_summary([dict(reward_total=r["loss"]) for r in read_log(arm / "checkpoints")]),
+               loss_curve=curve_summary(read_log(arm / "checkpoints"), key="loss"),
                seconds=time.perf_counter() - t0)
     atomic_write_json(arm / f"result_{control}.json", row)
     return row
