@@ -2,6 +2,7 @@
 import math
 
 import pandas as pd
+import pytest
 
 from zoomdx_lib.workbook import rl_study
 
@@ -52,3 +53,34 @@ def test_summarise_pools_claims_and_marks_them_decided(tmp_path):
     assert claims["half_width"].notna().all() and (tmp_path / "crop_use.csv").exists()
     loaded = rl_study.load_study(tmp_path)
     assert len(loaded["claims"]) == len(claims) and set(loaded["curves"]) == {f"seed0/{a}" for a in rl_study.ARMS}
+
+
+def _one_seed():
+    results = {("zoom_sft", "test_liver", "sample", 7): _records(3, 2, ["A"] * 8, 1, "test_liver")}
+    for r in results[("zoom_sft", "test_liver", "sample", 7)]:
+        r["rollouts"][0].update(turn1="<think>..</think><tool_call>{}</tool_call>", turn2="<answer>{}</answer>")
+    return dict(results=results, eval_seed=7, curves={"grpo_accuracy_only": [{"step": 1, "reward_total": 0.5}]},
+                crop_use=[dict(method="zoom_sft", source="own", n=3)], seconds=12.5)
+
+
+def test_a_kept_seed_reads_back_without_its_texts(tmp_path):
+    seed = _one_seed()
+    path = rl_study.write_seed_result(rl_study.seed_result_path(tmp_path, 0), seed, dict(base="abc", seed=0))
+    back = rl_study.read_seed_result(path, dict(base="abc", seed=0))
+    recs = back["results"][("zoom_sft", "test_liver", "sample", 7)]
+    want = seed["results"][("zoom_sft", "test_liver", "sample", 7)]
+    assert [r["id"] for r in recs] == [r["id"] for r in want] and "turn1" not in recs[0]["rollouts"][0]
+    assert [ro["answer"] for r in recs for ro in r["rollouts"]] == [ro["answer"] for r in want for ro in r["rollouts"]]
+    assert back["seconds"] == 12.5 and back["curves"] == seed["curves"] and back["eval_seed"] == 7
+
+
+def test_run_seed_reuses_a_kept_seed_and_refuses_one_from_another_recipe(tmp_path, monkeypatch):
+    overrides = dict(rl_study.STUDY_RECIPE)
+    profile = rl_study.get_profile("smoke", seed=3, **overrides)
+    identity = rl_study.seed_identity(profile, "smoke", overrides, 10, 5)
+    rl_study.write_seed_result(rl_study.seed_result_path(tmp_path, 3), _one_seed(), identity)
+    monkeypatch.setattr(rl_study, "sft_start", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    got = rl_study.run_seed(3, tmp_path, overrides, 10, 5, progress=False, profile_name="smoke")
+    assert got["seconds"] == 12.5
+    with pytest.raises(ValueError, match=r"seed3\.json\.gz.*n_eval"):
+        rl_study.run_seed(3, tmp_path, overrides, 20, 5, progress=False, profile_name="smoke")

@@ -95,6 +95,12 @@ def _weights_identity(folder) -> list:
     return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
 
 
+def weights_digest(folder) -> str:
+    """A short hash of a checkpoint folder's weights (:func:`_weights_identity`): two folders with the same
+    digest hold the same weights."""
+    return hashlib.sha256(json.dumps(_weights_identity(folder), default=str).encode()).hexdigest()[:16]
+
+
 def generation_fingerprint(method: Method, mode: str, seed: int, **gen_kwargs) -> str:
     """A hash of everything a cached generation depends on: the method's kind, the weights of its base and
     adapter, the mode, the seed and the generation settings (the batch size only groups the work)."""

@@ -55,7 +55,7 @@ def _start(base_dir: Path, profile: Profile) -> dict:
                 adapter=str(base_dir / "models" / "sft_zoom_lora"), data=str(base_dir / "data"))
 
 
-def sft_start(profile: Profile, out_dir, run_dir=None) -> dict:
+def sft_start(profile: Profile, out_dir, run_dir=None, progress: bool = True) -> dict:
     """The zoom SFT start of the controls: {base, adapter, data} of a cpu-chain run folder (`run_dir`), or
     trained once into ``out_dir/sft_start`` with the profile's data and SFT recipe (resumable, reused)."""
     if run_dir is not None:
@@ -65,9 +65,9 @@ def sft_start(profile: Profile, out_dir, run_dir=None) -> dict:
         return start
     start_dir = Path(out_dir) / "sft_start"
     if not (start_dir / "data" / "splits.json").exists():
-        build_synthetic_splits(profile, start_dir / "data")
+        build_synthetic_splits(profile, start_dir / "data", progress=progress)
     if not (start_dir / "models" / "sft_zoom_lora" / "adapter_config.json").exists():
-        run_sft(profile, start_dir, "zoom")
+        run_sft(profile, start_dir, "zoom", progress=progress)
     return _start(start_dir, profile)
 
 
@@ -145,7 +145,7 @@ def run_control(control: str, steps: int, out_dir, run_dir=None, overrides: Opti
     t0 = time.perf_counter()
     profile = get_profile("cpu", **dict(overrides or {}, grpo__steps=steps))
     out_dir = Path(out_dir)
-    start, start_name, start_gen = sft_start(profile, out_dir, run_dir), "sft_start", out_dir / "generations"
+    start, start_name, start_gen = sft_start(profile, out_dir, run_dir, progress), "sft_start", out_dir / "generations"
     arm = out_dir / arm_name(control, steps, overrides)
     if degrade is not None:
         start_name = f"sft_start_{degrade[0]}{degrade[1]:g}"
@@ -211,7 +211,7 @@ def run_supervised(control: str, steps: int, out_dir, run_dir=None, lr: float = 
     t0 = time.perf_counter()
     profile = get_profile("cpu", **dict(overrides or {}))
     out_dir = Path(out_dir)
-    start = sft_start(profile, out_dir, run_dir)
+    start = sft_start(profile, out_dir, run_dir, progress)
     digest = arm_name("supervised", steps, overrides)[len(f"supervised_{steps}"):]   # "" or "_" + the overrides' digest
     arm = out_dir / f"supervised_{steps}_{lr:g}{digest}"
     adapter = train_supervised(profile, start, arm, steps, lr, progress)

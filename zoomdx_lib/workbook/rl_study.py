@@ -12,12 +12,16 @@ the study could detect and the cases it would need to decide (:func:`power_row`)
 
 Every arm resumes from its checkpoints and every evaluation is cached, so a killed study continues where
 it stopped (``nohup make rl-study &`` runs it in the background); ``summary.json``, ``claims.md`` and
-``crop_use.csv`` are rewritten after each seed, so a partial study can be read.
+``crop_use.csv`` are rewritten after each seed, so a partial study can be read. A finished seed is also kept
+compact in ``seeds/seedS.json.gz`` (its evaluation records without the generated texts, curves, crop use),
+which is all the pooling reads: a copy of the study folder's small files continues on another machine,
+and a seed whose file is there is not run again (when its base, recipe and sizes match).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import time
 from pathlib import Path
@@ -31,8 +35,8 @@ from ..config import Profile, get_profile, parse_key_values
 from ..data.fresh import fresh_items
 from ..eval.claims import CLAIMS, claims_over_runs
 from ..eval.crop_use import crop_use_rows
-from ..eval.generate import Method, evaluate_methods
-from ..io import atomic_write_json, atomic_write_text, progress as progress_bar
+from ..eval.generate import Method, evaluate_methods, weights_digest
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, progress as progress_bar
 from ..train.loop import read_log
 from .rl_controls import grpo_from_start, sft_start
 from .viz_rl import curve_points
@@ -135,8 +139,12 @@ def run_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, prog
     (kept in ``seedS/seconds.json``); the time of a killed pass is lost."""
     t0 = time.perf_counter()
     profile = get_profile(profile_name, seed=seed, **overrides)
+    identity = seed_identity(profile, profile_name, overrides, n_eval, n_crop)
+    kept = seed_result_path(out_dir, seed)
+    if kept.exists():
+        return read_seed_result(kept, identity)
     seed_dir = Path(out_dir) / f"seed{seed}"
-    start = sft_start(profile, seed_dir)
+    start = sft_start(profile, seed_dir, progress=progress)
     methods = [Method("zoom_sft", "zoom", start["base"], start["adapter"])]
     for name in progress_bar(ARMS, progress, desc=f"seed {seed}: arms"):
         methods.append(Method(name, "zoom", start["base"], train_arm(name, profile, start, seed_dir, progress)))
@@ -147,7 +155,50 @@ def run_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, prog
     curves = {name: read_log(seed_dir / "checkpoints" / name) for name in ARMS}
     rows = crop_use_rows(methods, datasets, profile, seed_dir / f"crop_use_{n_crop}.json", n_crop, progress)
     seconds = add_seconds(seed_dir / "seconds.json", time.perf_counter() - t0)
-    return dict(results=results, eval_seed=eval_seed, curves=curves, crop_use=rows, seconds=seconds)
+    out = dict(results=results, eval_seed=eval_seed, curves=curves, crop_use=rows, seconds=seconds)
+    write_seed_result(kept, out, identity)
+    return out
+
+
+def seed_identity(profile: Profile, profile_name: str, overrides: dict, n_eval: int, n_crop: int) -> dict:
+    """What a seed's results depend on: the base's weights, the profile, the recipe, the seed and the sizes."""
+    return dict(base=weights_digest(profile.model.path) if profile.model.path else None, profile=profile_name,
+                seed=profile.seed, overrides={k: overrides[k] for k in sorted(overrides)}, n_eval=n_eval, n_crop=n_crop)
+
+
+def seed_result_path(out_dir, seed: int) -> Path:
+    return Path(out_dir) / "seeds" / f"seed{seed}.json.gz"
+
+
+def write_seed_result(path, result: dict, identity: dict) -> Path:
+    """Keep one finished seed compact: its records without the generated texts (the pooling reads answers,
+    boxes and scores), curves, crop use and seconds, gzipped, under the `identity` that made it."""
+    slim = {"/".join(map(str, key)): [dict(r, rollouts=[{k: v for k, v in ro.items() if k not in ("turn1", "turn2")}
+                                                          for ro in r["rollouts"]]) for r in recs]
+            for key, recs in result["results"].items()}
+    body = dict(identity=identity, results=slim, **{k: result[k] for k in ("eval_seed", "curves", "crop_use", "seconds")})
+    return atomic_write_bytes(path, gzip.compress(json.dumps(body, default=_plain).encode(), mtime=0))
+
+
+def _plain(value):
+    """numpy scalars and arrays as JSON values."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def read_seed_result(path, identity: Optional[dict] = None) -> dict:
+    """A seed kept by :func:`write_seed_result`, as :func:`run_seed` returns it. With `identity`, a file made
+    under another base, recipe or size is refused (ValueError naming what differs)."""
+    body = json.loads(gzip.decompress(Path(path).read_bytes()))
+    if identity is not None and body["identity"] != identity:
+        differ = sorted(k for k in set(identity) | set(body["identity"]) if identity.get(k) != body["identity"].get(k))
+        raise ValueError(f"{path}: this seed was run with other {', '.join(differ)} "
+                         f"({ {k: body['identity'].get(k) for k in differ} } vs { {k: identity.get(k) for k in differ} }); "
+                         "use another --out, or remove the file to run the seed again")
+    results = {}
+    for key, recs in body["results"].items():
+        method, dataset, mode, seed = key.split("/")
+        results[(method, dataset, mode, int(seed))] = recs
+    return dict(results=results, **{k: body[k] for k in ("eval_seed", "curves", "crop_use", "seconds")})
 
 
 def add_seconds(path, seconds: float) -> float:
