@@ -170,3 +170,43 @@ def test_claims_command_reads_chain_folders_and_writes_the_table(tmp_path, capsy
     assert capsys.readouterr().out.startswith("The paper's claims over 2 runs")
     with pytest.raises(ValueError, match="one evaluation seed"):
         main([str(tmp_path / "nothing")])
+
+
+def _random_sampled_records(rng, n, labels=("A", "B", "C")):
+    """Sampled records with mixed consensus, invalid answers and both c values."""
+    recs = []
+    for i in range(n):
+        answers = [None if rng.random() < 0.1 else str(rng.choice(labels)) for _ in range(8)]
+        recs.append(dict(id=f"case-{i}", c=int(rng.random() < 0.6), label=str(rng.choice(labels)),
+                         rollouts=[dict(answer=a, iou=float(rng.random()), fmt=float(rng.random() < 0.9),
+                                        tool_error=None if rng.random() < 0.9 else "no_call") for a in answers]))
+    return recs
+
+
+def test_case_tables_give_the_metrics_of_resampled_records_exactly():
+    """The bootstrap's per-case tables (CaseMetric) equal the metric recomputed on the resampled records."""
+    from zoomdx_lib.eval.scores import GREEDY, calibration_metric, resampled
+    rng = np.random.default_rng(3)
+    recs = _random_sampled_records(rng, 60)
+    for metric, slow in ((GREEDY, greedy_metrics), (calibration_metric(0.75), lambda r: calibration_metrics(r, 0.75))):
+        fast = resampled(metric, recs)
+        for _ in range(20):
+            idx = rng.integers(0, len(recs), size=len(recs))
+            got, want = fast(idx), slow([recs[i] for i in idx])
+            assert got.keys() == want.keys()
+            for k in want:
+                assert (np.isnan(got[k]) and np.isnan(want[k])) or got[k] == want[k], k
+
+
+def test_pooled_interval_is_the_same_with_and_without_case_tables():
+    from zoomdx_lib.eval.scores import calibration_metric
+    rng = np.random.default_rng(4)
+    pairs = [(_random_sampled_records(rng, 40), _random_sampled_records(rng, 40)) for _ in range(3)]
+    for b, w in pairs:   # the same cases under both methods
+        for rb, rw in zip(b, w):
+            rw.update(c=rb["c"], label=rb["label"])
+    metric = calibration_metric(0.75)
+    for key in ("align", "ece10", "gap"):
+        fast = mean_paired_difference(pairs, metric, key, n_boot=150, seed=2)
+        slow = mean_paired_difference(pairs, lambda r: calibration_metrics(r, 0.75), key, n_boot=150, seed=2)
+        assert fast == slow, key

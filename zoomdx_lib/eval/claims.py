@@ -20,7 +20,7 @@ import pandas as pd
 from ..config import PAPER
 from . import metrics as M
 from .generate import load_cached
-from .scores import calibration_metrics, greedy_metrics
+from .scores import GREEDY, calibration_metric, greedy_metrics, resampled
 
 
 @dataclass(frozen=True)
@@ -77,10 +77,10 @@ def paired_difference(better: Sequence[dict], worse: Sequence[dict], metric_fn: 
     0.5
     """
     b, w = matched_cases(better, worse)
+    on_b, on_w = resampled(metric_fn, b), resampled(metric_fn, w)
 
     def fn(idx):
-        mb = metric_fn(b if idx is None else [b[i] for i in idx])
-        mw = metric_fn(w if idx is None else [w[i] for i in idx])
+        mb, mw = on_b(idx), on_w(idx)
         return {k: float(mb[k]) - float(mw[k]) for k in keys}
     return M.bootstrap(fn, len(b), n_boot, seed=seed)
 
@@ -117,7 +117,7 @@ def _claim_records(results: dict, claim: Claim, parts: Sequence[str], seed: int)
 
 
 def _metric_fns(delta: float) -> dict:
-    return {"greedy": greedy_metrics, "sample": lambda recs: calibration_metrics(recs, delta)}
+    return {"greedy": GREEDY, "sample": calibration_metric(delta)}
 
 
 def _empty_row(claim: Claim, name: str, parts: Sequence[str]) -> dict:
@@ -166,16 +166,16 @@ def mean_paired_difference(pairs: Sequence[tuple[Sequence[dict], Sequence[dict]]
     (0.25, [0.5, 0.0])
     """
     matched = [matched_cases(b, w) for b, w in pairs]
+    sizes = [len(b) for b, _ in matched]
+    on = [(resampled(metric_fn, b), resampled(metric_fn, w)) for b, w in matched]   # per-case tables built once
 
-    def diff(b, w, idx=None):
-        if idx is not None:
-            b, w = [b[j] for j in idx], [w[j] for j in idx]
-        return float(metric_fn(b)[key]) - float(metric_fn(w)[key])
+    def diff(on_b, on_w, idx=None):
+        return float(on_b(idx)[key]) - float(on_w(idx)[key])
 
-    per_run = [diff(b, w) for b, w in matched]
+    per_run = [diff(*pair) for pair in on]
     rng = np.random.default_rng(seed)
-    reps = np.array([np.mean([diff(b, w, rng.integers(0, len(b), size=len(b))) for b, w in matched])
-                     for _ in range(n_boot)]) if matched and all(len(b) for b, _ in matched) else np.array([])
+    reps = np.array([np.mean([diff(*pair, rng.integers(0, n, size=n)) for pair, n in zip(on, sizes)])
+                     for _ in range(n_boot)]) if matched and all(sizes) else np.array([])
     reps = reps[np.isfinite(reps)]
     low, high = np.quantile(reps, [alpha / 2, 1 - alpha / 2]) if reps.size else (float("nan"), float("nan"))
     return dict(delta=float(np.mean(per_run)) if per_run else float("nan"), low=float(low), high=float(high),

@@ -119,8 +119,8 @@ def alignment(kappas, cs, delta: float = DELTA) -> float:
     n = _same_length(kappas=kappas, cs=cs)
     if n == 0:
         return math.nan
-    hits = [int(is_confident(k, delta)) == int(c) for k, c in zip(np.asarray(kappas, dtype=float), cs)]
-    return float(np.mean(hits))
+    confident = np.asarray(kappas, dtype=float).reshape(n) >= delta   # is_confident, for every case at once
+    return float(np.mean(confident.astype(int) == np.asarray(cs).astype(int).reshape(n)))
 
 
 class ReliabilityBin(NamedTuple):
@@ -244,7 +244,17 @@ def entropy_gap(answers_per_case: Sequence[Sequence[Label]], cs, base: float = 2
     1.0
     """
     _same_length(answers_per_case=answers_per_case, cs=cs)
-    H = np.array([answer_entropy(a, base) for a in answers_per_case], dtype=np.float64)
+    return gap_of_entropies([answer_entropy(a, base) for a in answers_per_case], cs)
+
+
+def gap_of_entropies(entropies, cs) -> float:
+    """:func:`entropy_gap` from each case's answer entropy: mean on c=0 minus mean on c=1 (nan when either
+    side has no cases).
+
+    >>> gap_of_entropies([1.0, 0.0, 0.5], [0, 1, 1])
+    0.75
+    """
+    H = np.asarray(entropies, dtype=np.float64).reshape(-1)
     c = np.asarray(cs, dtype=int).reshape(-1)
     if not np.any(c == 0) or not np.any(c == 1):
         return math.nan

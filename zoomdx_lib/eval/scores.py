@@ -6,7 +6,9 @@ bootstrap over cases of :func:`zoomdx_lib.eval.metrics.bootstrap`.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -17,21 +19,63 @@ from . import metrics as M
 from .text_metrics import bleu1, rouge_l
 
 
+@dataclass(frozen=True)
+class CaseMetric:
+    """A metric in two steps: per-case arrays from the records (`table`), then the metric dict from those
+    arrays (`aggregate`). Calling it on records gives the metric; a bootstrap builds the table once and
+    resamples its rows (:func:`resampled`), which gives the same numbers as calling it on resampled
+    records without processing every case again on every draw."""
+
+    table: Callable[[Sequence[dict]], dict]
+    aggregate: Callable[[dict], dict]
+
+    def __call__(self, records: Sequence[dict]) -> dict:
+        return self.aggregate(self.table(records))
+
+
+def resampled(metric_fn: Callable[[Sequence[dict]], dict], records: Sequence[dict]) -> Callable:
+    """``f(idx)`` = ``metric_fn([records[i] for i in idx])`` (every record for ``idx=None``); a
+    :class:`CaseMetric` builds its table once and takes the rows `idx`.
+
+    >>> rec = lambda ok: {"c": 1, "label": "A", "rollouts": [{"answer": "A" if ok else "B", "iou": 0.5,
+    ...        "tool_error": None, "fmt": 1.0}]}
+    >>> f = resampled(GREEDY, [rec(True), rec(False)])
+    >>> f()["acc"], f(np.array([0, 0]))["acc"], f(np.array([0, 0]))["acc"] == greedy_metrics([rec(True)] * 2)["acc"]
+    (0.5, 1.0, True)
+    """
+    if isinstance(metric_fn, CaseMetric):
+        table = metric_fn.table(records)
+        return lambda idx=None: metric_fn.aggregate(table if idx is None else {k: v[idx] for k, v in table.items()})
+    return lambda idx=None: metric_fn(records if idx is None else [records[i] for i in idx])
+
+
+def greedy_table(records: Sequence[dict]) -> dict:
+    """Per-case arrays of the first rollout: correct (answer == label), c1, iou, single_turn, tool_ok,
+    answer_ok, fmt."""
+    first = [r["rollouts"][0] for r in records]
+    return dict(correct=np.array([f["answer"] is not None and f["answer"] == r["label"] for f, r in zip(first, records)], bool),
+                c1=np.array([r["c"] == 1 for r in records], bool), iou=np.array([f["iou"] for f in first], float),
+                single_turn=np.array([f["tool_error"] == "single_turn" for f in first], bool),
+                tool_ok=np.array([f["tool_error"] is None for f in first], bool),
+                answer_ok=np.array([f["answer"] is not None for f in first], bool), fmt=np.array([f["fmt"] for f in first], float))
+
+
+def greedy_from_table(t: dict) -> dict:
+    c1, ious, n = t["c1"], t["iou"], len(t["c1"])
+    if n and t["single_turn"].all():
+        ious = np.full(n, np.nan)  # no box: mIoU is not defined for the no-zoom baseline
+    mean = lambda a: float(np.mean(a)) if len(a) else float("nan")  # noqa: E731
+    return dict(n=n, n_c1=int(c1.sum()), acc=mean(t["correct"][c1]),
+                miou_c1=mean(ious[c1]), miou_all=mean(ious),  # nan stays nan
+                tool_call_valid=mean(t["tool_ok"]), answer_valid=mean(t["answer_ok"]), format_ok=mean(t["fmt"]))
+
+
+GREEDY = CaseMetric(greedy_table, greedy_from_table)
+
+
 def greedy_metrics(records: Sequence[dict]) -> dict:
     """Acc on c=1, mIoU on c=1 and on all, tool-call and answer validity (all 0-1), from greedy records."""
-    first = [r["rollouts"][0] for r in records]
-    preds = [f["answer"] for f in first]
-    labels = [r["label"] for r in records]
-    c1 = np.array([r["c"] == 1 for r in records])
-    ious = np.array([f["iou"] for f in first])
-    if first and all(f["tool_error"] == "single_turn" for f in first):
-        ious = np.full(len(first), np.nan)  # no box: mIoU is not defined for the no-zoom baseline
-    return dict(n=len(records), n_c1=int(c1.sum()), acc=M.accuracy(preds, labels, mask=c1),
-                miou_c1=float(ious[c1].mean()) if c1.any() else float("nan"),  # nan stays nan
-                miou_all=float(ious.mean()) if len(ious) else float("nan"),
-                tool_call_valid=float(np.mean([f["tool_error"] is None for f in first])),
-                answer_valid=float(np.mean([f["answer"] is not None for f in first])),
-                format_ok=float(np.mean([f["fmt"] for f in first])))
+    return GREEDY(records)
 
 
 def calibration_arrays(records: Sequence[dict]) -> dict:
@@ -44,37 +88,55 @@ def calibration_arrays(records: Sequence[dict]) -> dict:
                 c=np.array([r["c"] for r in records]))
 
 
+def calibration_table(records: Sequence[dict]) -> dict:
+    """Per-case arrays of :func:`calibration_metrics`: kappa, correct (consensus == label), c, entropy (bits)."""
+    a = calibration_arrays(records)
+    return dict(kappa=a["kappas"], correct=a["correct"], c=a["c"],
+                entropy=np.array([M.answer_entropy(x, 2) for x in a["answers"]], np.float64))
+
+
+def calibration_from_table(t: dict, delta: float = PAPER.delta) -> dict:
+    kappas, correct, c = t["kappa"], t["correct"], t["c"]
+    selected = kappas >= delta   # is_confident, for every case at once
+    return dict(n=len(c), sacc=float(correct[selected].mean()) if selected.any() else float("nan"),
+                n_selected=int(selected.sum()), align=M.alignment(kappas, c, delta),
+                ece10=M.ece(kappas, correct, 10), ece15=M.ece(kappas, correct, 15), gap=M.gap_of_entropies(t["entropy"], c),
+                mean_kappa_c1=float(kappas[c == 1].mean()) if (c == 1).any() else float("nan"),
+                mean_kappa_c0=float(kappas[c == 0].mean()) if (c == 0).any() else float("nan"))
+
+
+def calibration_metric(delta: float = PAPER.delta) -> CaseMetric:
+    """:func:`calibration_metrics` at `delta` as a :class:`CaseMetric`."""
+    return CaseMetric(calibration_table, partial(calibration_from_table, delta=delta))
+
+
 def calibration_metrics(records: Sequence[dict], delta: float = PAPER.delta) -> dict:
     """SAcc (and how many cases have kappa >= delta), Align, ECE (10 and 15 bins) and the Entropy Gap (bits).
 
     ECE is computed on all cases (c=0 and c=1): kappa is the model's confidence in its consensus
     answer and the label y exists for both, so calibration is defined on every case.
     """
-    a = calibration_arrays(records)
-    sacc, n_sel = M.selective_accuracy(a["modes"], a["kappas"], a["labels"], delta)
-    return dict(n=len(records), sacc=sacc, n_selected=int(n_sel), align=M.alignment(a["kappas"], a["c"], delta),
-                ece10=M.ece(a["kappas"], a["correct"], 10), ece15=M.ece(a["kappas"], a["correct"], 15),
-                gap=M.entropy_gap(a["answers"], a["c"], base=2),
-                mean_kappa_c1=float(a["kappas"][a["c"] == 1].mean()) if (a["c"] == 1).any() else float("nan"),
-                mean_kappa_c0=float(a["kappas"][a["c"] == 0].mean()) if (a["c"] == 0).any() else float("nan"))
+    return calibration_from_table(calibration_table(records), delta)
 
 
 def _bootstrap_records(metrics_fn, records, keys, n_boot: int, seed: int) -> dict:
     """95 % bootstrap over cases of the `keys` of a dict-valued ``metrics_fn(records)``."""
+    on = resampled(metrics_fn, records)
+
     def fn(idx):
-        m = metrics_fn(records if idx is None else [records[i] for i in idx])
+        m = on(idx)
         return {k: m[k] for k in keys}
     return M.bootstrap(fn, len(records), n_boot, seed=seed)
 
 
 def bootstrap_greedy(records, n_boot: int = 1000, seed: int = 0) -> dict:
     """95 % bootstrap intervals (resampling cases) for Acc and mIoU: {name: (point, low, high)}."""
-    return _bootstrap_records(greedy_metrics, records, ("acc", "miou_c1", "miou_all"), n_boot, seed)
+    return _bootstrap_records(GREEDY, records, ("acc", "miou_c1", "miou_all"), n_boot, seed)
 
 
 def bootstrap_calibration(records, delta: float = PAPER.delta, n_boot: int = 1000, seed: int = 0) -> dict:
     """95 % bootstrap intervals for SAcc, Align, ECE-10 and Gap: {name: (point, low, high)}."""
-    return _bootstrap_records(lambda recs: calibration_metrics(recs, delta), records, ("sacc", "align", "ece10", "gap"),
+    return _bootstrap_records(calibration_metric(delta), records, ("sacc", "align", "ece10", "gap"),
                            n_boot, seed)
 
 
