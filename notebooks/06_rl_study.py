@@ -101,6 +101,15 @@ if study["curves"]:
     display(pd.DataFrame(study["summary"].get("flatness", {})).T.round(3))
 
 # %% [markdown]
+# ### Each method on fresh cases, mean over seeds
+#
+# Acc and mIoU from greedy answers on c = 1 cases; SAcc, Align, ECE and Gap (bits) from 8 sampled rollouts.
+
+# %%
+if len(study["methods"]):
+    display(study["methods"].drop(columns="seed").groupby(["method", "dataset"], sort=False).mean().round(3))
+
+# %% [markdown]
 # ## 3 · The claims, pooled over seeds
 #
 # `delta` is better − worse (Align and ECE in 0–1, Gap in bits), averaged over seeds; the interval resamples

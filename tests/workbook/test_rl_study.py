@@ -51,8 +51,12 @@ def test_summarise_pools_claims_and_marks_them_decided(tmp_path):
     # 3 organs + liver+breast per claim; the two Gap claims are not measured without c = 0 cases
     assert summary["claims_total"] == len(claims) == (len(rl_study.RL_CLAIMS) - 2) * 4
     assert claims["half_width"].notna().all() and (tmp_path / "crop_use.csv").exists()
+    methods = pd.read_csv(tmp_path / "methods.csv").set_index(["method", "dataset"])
+    assert len(methods) == 4 * 3 and methods.loc[("zoom_sft", "test_liver"), "acc"] == 1.0
+    assert methods.loc[("grpo_uncertainty_credit", "test_liver"), "align"] == 1.0   # all 8 agree on c = 1 cases
+    assert methods.loc[("zoom_sft", "test_liver"), "align"] == 0.0                  # 4 : 4 never reaches kappa 0.75
     loaded = rl_study.load_study(tmp_path)
-    assert len(loaded["claims"]) == len(claims) and set(loaded["curves"]) == {f"seed0/{a}" for a in rl_study.ARMS}
+    assert len(loaded["claims"]) == len(claims) and len(loaded["methods"]) == 12 and set(loaded["curves"]) == {f"seed0/{a}" for a in rl_study.ARMS}
 
 
 def _one_seed():

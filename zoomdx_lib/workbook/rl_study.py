@@ -12,7 +12,8 @@ the study could detect and the cases it would need to decide (:func:`power_row`)
 
 Every arm resumes from its checkpoints and every evaluation is cached, so a killed study continues where
 it stopped (``nohup make rl-study &`` runs it in the background); ``summary.json``, ``claims.md`` and
-``crop_use.csv`` are rewritten after each seed, so a partial study can be read. A finished seed is also kept
+``crop_use.csv`` and ``methods.csv`` / ``.md`` (each method's metrics per seed and organ) are rewritten after
+each seed, so a partial study can be read. A finished seed is also kept
 compact in ``seeds/seedS.json.gz`` (its evaluation records without the generated texts, curves, crop use),
 which is all the pooling reads: a copy of the study folder's small files continues on another machine,
 and a seed whose file is there is not run again (when its base, recipe and sizes match).
@@ -29,13 +30,14 @@ from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from ..config import Profile, get_profile, parse_key_values
 from ..data.fresh import fresh_items
 from ..eval.claims import CLAIMS, claims_over_runs
 from ..eval.crop_use import crop_use_rows
 from ..eval.generate import Method, evaluate_methods, weights_digest
+from ..eval.power import DECIDE_HALF_WIDTH, MIN_CASES, decided_claim, power_row, seed_interval  # noqa: F401
+from ..eval.scores import calibration_metrics, greedy_metrics
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, progress as progress_bar
 from ..train.loop import read_log
 from .rl_controls import grpo_from_start, sft_start
@@ -50,10 +52,6 @@ RL_CLAIMS = tuple(c for c in CLAIMS if c.worse != "single_turn_sft")
 # The recipe the positive controls chose (docs/rl.md): several clipped passes per batch of rollouts,
 # a larger learning rate held by a KL to the SFT policy, and refilled groups with no signal.
 STUDY_RECIPE = dict(grpo__steps=60, grpo__lr=3e-4, grpo__ppo_epochs=2, grpo__beta=0.04, grpo__refill_rounds=1)
-# Deciding thresholds of the issue: a claim is decided when its interval excludes 0 or is this narrow.
-DECIDE_HALF_WIDTH = {"align": 0.05, "gap": 0.08, "ece10": 0.03}
-Z_ALPHA, Z_POWER = 1.96, 0.84   # two-sided 5 % test, 80 % power
-MIN_CASES = 30   # below this a bootstrap interval is no evidence either way: nothing is decided
 
 
 def train_arm(name: str, profile: Profile, start: dict, seed_dir: Path, progress: bool = True) -> str:
@@ -71,60 +69,6 @@ def flatness(log: Sequence[dict], key: str = "reward_total") -> dict:
     r = np.array([row[key] for row in log], float)
     q = np.array_split(r, 4) if r.size >= 4 else [r] * 4
     return dict(q3=float(q[2].mean()), q4=float(q[3].mean()), gain_q4_vs_q3=float(q[3].mean() - q[2].mean()))
-
-
-def decided_claim(row: dict, half_width: float) -> bool:
-    """A claim is decided when its interval excludes 0, or when it is a powered null (half-width at most the
-    metric's :data:`DECIDE_HALF_WIDTH`); never on fewer than :data:`MIN_CASES` cases.
-
-    >>> decided_claim(dict(metric="align", low=0.01, high=0.2, n=120), 0.095), decided_claim(dict(metric="align", low=0.0, high=0.0, n=2), 0.0)
-    (True, False)
-    """
-    if not row.get("n") or row["n"] < MIN_CASES or not np.isfinite(half_width):
-        return False
-    target = DECIDE_HALF_WIDTH.get(row["metric"])
-    return bool(row["low"] > 0 or row["high"] < 0 or (target is not None and half_width <= target))
-
-
-def seed_interval(per_run: str) -> dict:
-    """A 95 % t-interval over the seeds' own differences (``per_run``, "+0.010, -0.020, ..."): how far the
-    claim holds across trainings, which the case-resampled interval (the models held fixed) does not show.
-    NaN with fewer than two seeds.
-
-    >>> r = seed_interval("+0.10, +0.20, +0.30")
-    >>> round(r["seed_low"], 3), round(r["seed_high"], 3), r["seed_sign"]
-    (-0.048, 0.448, 'not separable')
-    """
-    d = np.array([float(x) for x in str(per_run).split(",") if x.strip() not in ("", "nan")])
-    if len(d) < 2:
-        return dict(seed_low=float("nan"), seed_high=float("nan"), seed_sign="")
-    half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
-    low, high = float(d.mean() - half), float(d.mean() + half)
-    return dict(seed_low=low, seed_high=high, seed_sign="above 0" if low > 0 else "below 0" if high < 0 else "not separable")
-
-
-def power_row(row: dict) -> dict:
-    """Half-width of a claim's 95 % interval, the smallest effect its n detects at 80 % power, and the cases
-    the study would need to decide it (interval half-width at the deciding threshold, or excluding 0 at
-    the observed effect), from a claims row with delta, low, high and n.
-
-    >>> r = power_row(dict(metric="align", delta=0.02, low=-0.08, high=0.12, n=360))
-    >>> round(r["half_width"], 3), round(r["min_detectable"], 3), r["n_to_decide"]
-    (0.1, 0.143, 1440)
-    """
-    hw = (row["high"] - row["low"]) / 2
-    out = dict(half_width=hw, min_detectable=hw * (Z_ALPHA + Z_POWER) / Z_ALPHA, n_to_decide=None)
-    if not np.isfinite(hw) or not row.get("n"):
-        return out
-    target = DECIDE_HALF_WIDTH.get(row["metric"])
-    if decided_claim(row, hw):
-        out["n_to_decide"] = int(row["n"])
-        return out
-    need = [row["n"] * (hw / target) ** 2] if target else []
-    if abs(row["delta"]) > 0:   # the n at which the observed effect would exclude 0
-        need.append(row["n"] * (hw / abs(row["delta"])) ** 2)
-    out["n_to_decide"] = int(np.ceil(min(need) - 1e-9)) if need else None
-    return out
 
 
 def study_datasets(profile: Profile, n_eval: int) -> dict:
@@ -231,6 +175,10 @@ def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
     claims[cols].to_csv(out_dir / "claims.csv", index=False)
     crop = pd.DataFrame([dict(seed=s, **row) for s, r in seeds.items() for row in r["crop_use"]])
     crop.to_csv(out_dir / "crop_use.csv", index=False)
+    methods = pd.DataFrame(method_rows(seeds))
+    methods.to_csv(out_dir / "methods.csv", index=False)
+    mean = methods.drop(columns="seed").groupby(["method", "dataset"], sort=False).mean().reset_index()
+    atomic_write_text(out_dir / "methods.md", mean.round(3).to_markdown(index=False) + "\n")
     summary = dict(seeds=sorted(seeds), claims=rows, crop_use=crop.to_dict("records"),
                    flatness={f"seed{s}/{a}": flatness(log) for s, r in seeds.items() for a, log in r["curves"].items()},
                    seconds={f"seed{s}": r["seconds"] for s, r in seeds.items()},
@@ -239,6 +187,21 @@ def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
     atomic_write_json(out_dir / "curves.json", {f"seed{s}/{a}": curve_points(log)
                                                for s, r in seeds.items() for a, log in r["curves"].items()})
     return summary
+
+
+def method_rows(seeds: dict) -> list[dict]:
+    """Per seed, method and organ: Acc and mIoU (greedy, c = 1), SAcc, Align, ECE and Gap (8 rollouts)."""
+    rows = {}
+    for s, r in seeds.items():
+        for (method, dataset, mode, _), recs in r["results"].items():
+            row = rows.setdefault((s, method, dataset), dict(seed=s, method=method, dataset=dataset))
+            if mode == "greedy":
+                m = greedy_metrics(recs)
+                row.update(acc=m["acc"], miou_c1=m["miou_c1"])
+            else:
+                m = calibration_metrics(recs)
+                row.update({k: m[k] for k in ("sacc", "align", "ece10", "gap")})
+    return list(rows.values())
 
 
 def run_study(out_dir, seeds: Sequence[int] = (0, 1, 2), overrides: Optional[dict] = None, n_eval: int = 120,
@@ -262,13 +225,13 @@ def run_study(out_dir, seeds: Sequence[int] = (0, 1, 2), overrides: Optional[dic
 
 
 def load_study(folder) -> dict:
-    """What a study folder (or its committed copy) holds: {study, summary, claims (DataFrame), crop_use
-    (DataFrame), curves {seedS/arm: log rows}}; missing parts are empty."""
+    """What a study folder (or its committed copy) holds: {study, summary, claims, crop_use, methods
+    (DataFrames), curves {seedS/arm: log rows}}; missing parts are empty."""
     folder = Path(folder)
     read = lambda name: json.loads((folder / name).read_text()) if (folder / name).exists() else {}  # noqa: E731
     frame = lambda name: pd.read_csv(folder / name) if (folder / name).exists() else pd.DataFrame()  # noqa: E731
     return dict(study=read("study.json"), summary=read("summary.json"), claims=frame("claims.csv"),
-                crop_use=frame("crop_use.csv"), curves=read("curves.json"))
+                crop_use=frame("crop_use.csv"), methods=frame("methods.csv"), curves=read("curves.json"))
 
 
 def main(argv=None) -> None:
