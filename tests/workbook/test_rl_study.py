@@ -78,6 +78,21 @@ def test_a_kept_seed_reads_back_without_its_texts(tmp_path):
     assert back["seconds"] == 12.5 and back["curves"] == seed["curves"] and back["eval_seed"] == 7
 
 
+def test_a_published_study_continues_where_it_was_copied(tmp_path, monkeypatch):
+    """publish_study copies the summary files and the kept seeds; run_seed in the copy reads the seed back."""
+    overrides = dict(rl_study.STUDY_RECIPE)
+    identity = rl_study.seed_identity(rl_study.get_profile("smoke", seed=0, **overrides), "smoke", overrides, 10, 5)
+    study = tmp_path / "study"
+    rl_study.write_seed_result(rl_study.seed_result_path(study, 0), _one_seed(), identity)
+    (study / "summary.json").write_text("{}")
+    (study / "seed0").mkdir()   # per-seed working files (checkpoints, caches) are not copied
+    written = rl_study.publish_study(study, tmp_path / "kept")
+    assert sorted(str(p.relative_to(tmp_path / "kept")) for p in written) == ["seeds/seed0.json.gz", "summary.json"]
+    monkeypatch.setattr(rl_study, "sft_start", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    got = rl_study.run_seed(0, tmp_path / "kept", overrides, 10, 5, progress=False, profile_name="smoke")
+    assert got["seconds"] == 12.5
+
+
 def test_run_seed_reuses_a_kept_seed_and_refuses_one_from_another_recipe(tmp_path, monkeypatch):
     overrides = dict(rl_study.STUDY_RECIPE)
     profile = rl_study.get_profile("smoke", seed=3, **overrides)

@@ -224,6 +224,19 @@ def run_study(out_dir, seeds: Sequence[int] = (0, 1, 2), overrides: Optional[dic
     return summary
 
 
+STUDY_FILES = ("study.json", "summary.json", "claims.md", "claims.csv", "crop_use.csv", "curves.json", "methods.csv",
+               "methods.md")
+
+
+def publish_study(out_dir, dest) -> list[Path]:
+    """Copy a study folder's small outputs (:data:`STUDY_FILES` and ``seeds/``, about 0.3 MB per seed) to
+    `dest`, e.g. a folder kept under version control; a copy of `dest` back into a study folder continues
+    the study there. Returns the files written."""
+    out_dir, dest = Path(out_dir), Path(dest)
+    files = [out_dir / f for f in STUDY_FILES if (out_dir / f).exists()] + sorted((out_dir / "seeds").glob("seed*.json.gz"))
+    return [atomic_write_bytes(dest / f.relative_to(out_dir), f.read_bytes()) for f in files]
+
+
 def load_study(folder) -> dict:
     """What a study folder (or its committed copy) holds: {study, summary, claims, crop_use, methods
     (DataFrames), curves {seedS/arm: log rows}}; missing parts are empty."""
@@ -243,10 +256,13 @@ def main(argv=None) -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="stage__field=value",
                     help=f"profile overrides on top of the study recipe {STUDY_RECIPE}")
     ap.add_argument("--profile", default="cpu", help="the profile under the study recipe (cpu; smoke to check plumbing)")
+    ap.add_argument("--publish", metavar="DIR", help="copy the small outputs and the kept seeds to DIR at the end")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     summary = run_study(args.out, [int(s) for s in args.seeds.split(",")], parse_key_values(args.set), args.n_eval,
                         args.n_crop, progress=not args.no_progress, profile_name=args.profile)
+    if args.publish:
+        publish_study(args.out, args.publish)
     print(json.dumps({k: summary[k] for k in ("seeds", "decided", "claims_total", "seconds")}))
 
 
