@@ -76,6 +76,7 @@ def test_a_kept_seed_reads_back_without_its_texts(tmp_path):
     assert [r["id"] for r in recs] == [r["id"] for r in want] and "turn1" not in recs[0]["rollouts"][0]
     assert [ro["answer"] for r in recs for ro in r["rollouts"]] == [ro["answer"] for r in want for ro in r["rollouts"]]
     assert back["seconds"] == 12.5 and back["curves"] == seed["curves"] and back["eval_seed"] == 7
+    assert back["identity"] == dict(base="abc", seed=0)
 
 
 def test_a_published_study_continues_where_it_was_copied(tmp_path, monkeypatch):

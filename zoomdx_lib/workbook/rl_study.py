@@ -99,7 +99,7 @@ def run_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, prog
     curves = {name: read_log(seed_dir / "checkpoints" / name) for name in ARMS}
     rows = crop_use_rows(methods, datasets, profile, seed_dir / f"crop_use_{n_crop}.json", n_crop, progress)
     seconds = add_seconds(seed_dir / "seconds.json", time.perf_counter() - t0)
-    out = dict(results=results, eval_seed=eval_seed, curves=curves, crop_use=rows, seconds=seconds)
+    out = dict(results=results, eval_seed=eval_seed, curves=curves, crop_use=rows, seconds=seconds, identity=identity)
     write_seed_result(kept, out, identity)
     return out
 
@@ -142,7 +142,7 @@ def read_seed_result(path, identity: Optional[dict] = None) -> dict:
     for key, recs in body["results"].items():
         method, dataset, mode, seed = key.split("/")
         results[(method, dataset, mode, int(seed))] = recs
-    return dict(results=results, **{k: body[k] for k in ("eval_seed", "curves", "crop_use", "seconds")})
+    return dict(results=results, identity=body["identity"], **{k: body[k] for k in ("eval_seed", "curves", "crop_use", "seconds")})
 
 
 def add_seconds(path, seconds: float) -> float:
@@ -182,6 +182,7 @@ def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
     summary = dict(seeds=sorted(seeds), claims=rows, crop_use=crop.to_dict("records"),
                    flatness={f"seed{s}/{a}": flatness(log) for s, r in seeds.items() for a, log in r["curves"].items()},
                    seconds={f"seed{s}": r["seconds"] for s, r in seeds.items()},
+                   bases=sorted({str(r.get("identity", {}).get("base")) for r in seeds.values()}),   # weights digests
                    decided=int(sum(r["decided"] for r in rows)), claims_total=len(rows))
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write_json(out_dir / "curves.json", {f"seed{s}/{a}": curve_points(log)
