@@ -110,6 +110,9 @@ def seed_identity(profile: Profile, profile_name: str, overrides: dict, n_eval: 
                 seed=profile.seed, overrides={k: overrides[k] for k in sorted(overrides)}, n_eval=n_eval, n_crop=n_crop)
 
 
+KEPT_FIELDS = ("eval_seed", "curves", "crop_use", "seconds")   # kept beside a seed's records and identity
+
+
 def seed_result_path(out_dir, seed: int) -> Path:
     return Path(out_dir) / "seeds" / f"seed{seed}.json.gz"
 
@@ -120,7 +123,7 @@ def write_seed_result(path, result: dict, identity: dict) -> Path:
     slim = {"/".join(map(str, key)): [dict(r, rollouts=[{k: v for k, v in ro.items() if k not in ("turn1", "turn2")}
                                                           for ro in r["rollouts"]]) for r in recs]
             for key, recs in result["results"].items()}
-    body = dict(identity=identity, results=slim, **{k: result[k] for k in ("eval_seed", "curves", "crop_use", "seconds")})
+    body = dict(identity=identity, results=slim, **{k: result[k] for k in KEPT_FIELDS})
     return atomic_write_bytes(path, gzip.compress(json.dumps(body, default=_plain).encode(), mtime=0))
 
 
@@ -142,7 +145,7 @@ def read_seed_result(path, identity: Optional[dict] = None) -> dict:
     for key, recs in body["results"].items():
         method, dataset, mode, seed = key.split("/")
         results[(method, dataset, mode, int(seed))] = recs
-    return dict(results=results, identity=body["identity"], **{k: body[k] for k in ("eval_seed", "curves", "crop_use", "seconds")})
+    return dict(results=results, identity=body["identity"], **{k: body[k] for k in KEPT_FIELDS})
 
 
 def add_seconds(path, seconds: float) -> float:
