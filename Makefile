@@ -80,10 +80,11 @@ rl-recovery: install
 		--out runs/rl $(ARGS)
 
 # The RL study: per seed an SFT start and three GRPO arms, evaluated on 120 fresh cases per organ; resumable,
-# about 25 min per seed on 2 free cores (nohup make rl-study &). Five seeds left the ECE claim against
-# accuracy-only RL undecided (half-width 0.034 against 0.03; docs/rl.md), hence seven. Each finished seed is
-# kept in runs/rl_study/seeds/; a copy of docs/rl_study in runs/rl_study continues a committed study.
-# Notebook 06 reads runs/rl_study.
-SEEDS ?= 0,1,2,3,4,5,6
+# about 25 min per seed on 2 free cores, or two seeds side by side in worker processes of one thread each
+# (JOBS=2; nohup make rl-study &). Seven seeds decided every liver + breast claim; the single-organ Gap and
+# ECE rows needed about 13 (docs/rl.md). Each finished seed is kept in runs/rl_study/seeds/; a copy of
+# docs/rl_study in runs/rl_study continues a committed study. Notebook 06 reads runs/rl_study.
+SEEDS ?= 0,1,2,3,4,5,6,7,8,9,10,11,12
+JOBS ?= 2
 rl-study: install
-	$(PY) -m zoomdx_lib.workbook.rl_study --out runs/rl_study --seeds $(SEEDS) $(ARGS)
+	$(PY) -m zoomdx_lib.workbook.rl_study --out runs/rl_study --seeds $(SEEDS) --jobs $(JOBS) $(ARGS)

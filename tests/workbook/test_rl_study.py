@@ -104,3 +104,25 @@ def test_run_seed_reuses_a_kept_seed_and_refuses_one_from_another_recipe(tmp_pat
     assert got["seconds"] == 12.5
     with pytest.raises(ValueError, match=r"seed3\.json\.gz.*n_eval"):
         rl_study.run_seed(3, tmp_path, overrides, 20, 5, progress=False, profile_name="smoke")
+
+
+def test_run_study_with_workers_pools_kept_seeds_without_training(tmp_path, monkeypatch):
+    """With --jobs 2 and every seed kept, no worker starts and the kept seeds are pooled once."""
+    overrides = dict(rl_study.STUDY_RECIPE)
+    agree, split = ["A"] * 8, ["A"] * 4 + ["B"] * 4
+    for seed in (0, 1):
+        results = {}
+        for m in rl_study.ARMS.keys() | {"zoom_sft"}:
+            for d in ("test_liver", "test_breast", "test_thyroid"):
+                recs = _records(10, 10, agree if m == "grpo_uncertainty_credit" else split, 1, d)
+                results[(m, d, "sample", 1000 + seed)] = recs
+                results[(m, d, "greedy", 1000 + seed)] = [dict(r, rollouts=r["rollouts"][:1]) for r in recs]
+        identity = rl_study.seed_identity(rl_study.get_profile("smoke", seed=seed, **overrides), "smoke", overrides, 10, 5)
+        kept = dict(results=results, eval_seed=1000 + seed, curves={a: [{"step": 1, "reward_total": 0.5}] for a in rl_study.ARMS},
+                    crop_use=[dict(method="zoom_sft", source="own", n=2)], seconds=1.0)
+        rl_study.write_seed_result(rl_study.seed_result_path(tmp_path, seed), kept, identity)
+    monkeypatch.setattr(rl_study, "map_seeds", lambda fn, seeds, *a, **k: {} if not seeds else pytest.fail(f"ran {seeds}"))
+    pooled = []
+    monkeypatch.setattr(rl_study, "summarise", lambda done, out, **k: pooled.append(sorted(done)) or dict(seeds=sorted(done)))
+    summary = rl_study.run_study(tmp_path, [0, 1], n_eval=10, n_crop=5, progress=False, profile_name="smoke", jobs=2)
+    assert summary["seeds"] == [0, 1] and pooled == [[0, 1]]

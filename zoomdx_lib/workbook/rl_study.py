@@ -41,6 +41,7 @@ from ..eval.scores import calibration_metrics, greedy_metrics
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, progress as progress_bar
 from ..train.loop import read_log
 from .rl_controls import grpo_from_start, sft_start
+from .seed_pool import map_seeds
 from .viz_rl import curve_points
 
 # arm name (as the claims name the methods) -> (reward variant, advantage estimator)
@@ -209,23 +210,34 @@ def method_rows(seeds: dict) -> list[dict]:
 
 
 def run_study(out_dir, seeds: Sequence[int] = (0, 1, 2), overrides: Optional[dict] = None, n_eval: int = 120,
-              n_crop: int = 60, progress: bool = True, profile_name: str = "cpu") -> dict:
-    """Every seed (resumable), summarised after each one; returns the final summary. `overrides` go on top of
-    :data:`STUDY_RECIPE` and the profile (`profile_name`, "cpu" by default; notebook 06's smoke run uses
-    "smoke" with one GRPO step to check the plumbing)."""
+              n_crop: int = 60, progress: bool = True, profile_name: str = "cpu", jobs: int = 1) -> dict:
+    """Every seed (resumable), summarised after each seed trained here; returns the final summary. `overrides`
+    go on top of :data:`STUDY_RECIPE` and the profile (`profile_name`, "cpu" by default; notebook 06's smoke run
+    uses "smoke" with one GRPO step to check the plumbing). With `jobs` > 1 the seeds not yet kept are first
+    run side by side in that many worker processes (:func:`~zoomdx_lib.workbook.seed_pool.map_seeds`), then
+    pooled once."""
     overrides = dict(STUDY_RECIPE, **(overrides or {}))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "study.json", dict(seeds=list(seeds), profile=profile_name, overrides=overrides,
                                                    n_eval=n_eval, n_crop=n_crop))
-    summarised = set(json.loads((out_dir / "summary.json").read_text())["seeds"]) if (out_dir / "summary.json").exists() else set()
+    if jobs > 1:
+        missing = [s for s in seeds if not seed_result_path(out_dir, s).exists()]
+        map_seeds(train_seed, missing, jobs, progress, desc="study seeds", out_dir=str(out_dir), overrides=overrides,
+                  n_eval=n_eval, n_crop=n_crop, profile_name=profile_name)
     done, summary = {}, {}
     for seed in seeds:
+        kept = seed_result_path(out_dir, seed).exists()
         done[seed] = run_seed(seed, out_dir, overrides, n_eval, n_crop, progress, profile_name)
-        # pooling takes minutes; a resumed study skips it for the seeds an earlier pass had already pooled
-        if seed == seeds[-1] or not set(done) <= summarised:
+        # pooling takes about 30 s a seed: kept seeds are pooled once, with the last one
+        if seed == seeds[-1] or not kept:
             summary = summarise(done, out_dir)
     return summary
+
+
+def train_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, profile_name: str) -> float:
+    """One seed run to its kept file, without progress bars, for a worker process; returns its seconds."""
+    return run_seed(seed, out_dir, overrides, n_eval, n_crop, False, profile_name)["seconds"]
 
 
 STUDY_FILES = ("study.json", "summary.json", "claims.md", "claims.csv", "crop_use.csv", "curves.json", "methods.csv",
@@ -261,10 +273,12 @@ def main(argv=None) -> None:
                     help=f"profile overrides on top of the study recipe {STUDY_RECIPE}")
     ap.add_argument("--profile", default="cpu", help="the profile under the study recipe (cpu; smoke to check plumbing)")
     ap.add_argument("--publish", metavar="DIR", help="copy the small outputs and the kept seeds to DIR at the end")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="seeds run side by side in this many worker processes, sharing the cores (2 on 2 cores)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     summary = run_study(args.out, [int(s) for s in args.seeds.split(",")], parse_key_values(args.set), args.n_eval,
-                        args.n_crop, progress=not args.no_progress, profile_name=args.profile)
+                        args.n_crop, progress=not args.no_progress, profile_name=args.profile, jobs=args.jobs)
     if args.publish:
         publish_study(args.out, args.publish)
     print(json.dumps({k: summary[k] for k in ("seeds", "decided", "claims_total", "seconds")}))
