@@ -55,6 +55,8 @@ def test_summarise_pools_claims_and_marks_them_decided(tmp_path):
     assert len(methods) == 4 * 3 and methods.loc[("zoom_sft", "test_liver"), "acc"] == 1.0
     assert methods.loc[("grpo_uncertainty_credit", "test_liver"), "align"] == 1.0   # all 8 agree on c = 1 cases
     assert methods.loc[("zoom_sft", "test_liver"), "align"] == 0.0                  # 4 : 4 never reaches kappa 0.75
+    assert methods.loc[("grpo_uncertainty_credit", "test_liver"), ["kappa", "consensus_acc"]].tolist() == [1.0, 1.0]
+    assert methods.loc[("zoom_sft", "test_liver"), "kappa"] == 0.5
     loaded = rl_study.load_study(tmp_path)
     assert len(loaded["claims"]) == len(claims) and len(loaded["methods"]) == 12 and set(loaded["curves"]) == {f"seed0/{a}" for a in rl_study.ARMS}
 

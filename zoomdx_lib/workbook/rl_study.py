@@ -37,7 +37,7 @@ from ..eval.claims import CLAIMS, claims_over_runs
 from ..eval.crop_use import crop_use_rows
 from ..eval.generate import Method, evaluate_methods, weights_digest
 from ..eval.power import DECIDE_HALF_WIDTH, MIN_CASES, decided_claim, power_row, seed_interval  # noqa: F401
-from ..eval.scores import calibration_metrics, greedy_metrics
+from ..eval.scores import calibration_from_table, calibration_table, greedy_metrics
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, progress as progress_bar
 from ..train.loop import read_log
 from .rl_controls import grpo_from_start, sft_start
@@ -195,7 +195,8 @@ def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
 
 
 def method_rows(seeds: dict) -> list[dict]:
-    """Per seed, method and organ: Acc and mIoU (greedy, c = 1), SAcc, Align, ECE and Gap (8 rollouts)."""
+    """Per seed, method and organ: Acc and mIoU (greedy, c = 1), SAcc, Align, ECE and Gap (8 rollouts), and the
+    mean kappa beside the consensus answer's accuracy (kappa above it: overconfident)."""
     rows = {}
     for s, r in seeds.items():
         for (method, dataset, mode, _), recs in r["results"].items():
@@ -204,8 +205,11 @@ def method_rows(seeds: dict) -> list[dict]:
                 m = greedy_metrics(recs)
                 row.update(acc=m["acc"], miou_c1=m["miou_c1"])
             else:
-                m = calibration_metrics(recs)
+                t = calibration_table(recs)
+                m = calibration_from_table(t)
                 row.update({k: m[k] for k in ("sacc", "align", "ece10", "gap")})
+                # mean confidence against the consensus answer's accuracy: which side of ECE a method is on
+                row.update(kappa=float(t["kappa"].mean()), consensus_acc=float(t["correct"].mean()))
     return list(rows.values())
 
 
