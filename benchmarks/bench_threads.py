@@ -1,4 +1,5 @@
-"""Torch threads on a small machine: 1 vs 2 threads, with the machine idle and with one other busy process.
+"""Torch threads on a small machine: 1 vs 2 threads, with the machine idle and with one other busy process,
+and two one-thread workers side by side against one two-thread process (what ``rl_study --jobs 2`` does).
 
     python benchmarks/bench_threads.py [--profile cpu] [--repeats 3]
 
@@ -6,7 +7,10 @@ The workload is what the cpu chain spends its time on, at the profile's sizes wi
 LoRA SFT steps (batch 8) and one batch of sampled two-turn rollouts (8 cases x 1, the zoom tool between
 the turns). Each (threads, condition) runs in a fresh subprocess; "busy" starts a second process doing
 float32 matmuls with 2 threads (another job on the same cores) for the duration. Prints seconds per
-workload and the ratio 2 threads / 1 thread under each condition (< 1: two threads are faster).
+workload and the ratio 2 threads / 1 thread under each condition (< 1: two threads are faster). "pair" runs
+two one-thread workloads at once on the idle machine; each takes its own time per workload, and the two
+together finish two workloads in that time, so the ratio printed is (pair time / 2) / (2-thread idle time)
+(< 1: two workers get more done per hour than one process with both threads).
 """
 import argparse
 import json
@@ -60,11 +64,25 @@ while True:
 """
 
 
-def run(threads: int, profile: str, repeats: int) -> dict:
+def start(threads: int, profile: str, repeats: int) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-c", WORKLOAD, str(threads), profile, str(repeats)], env=env,
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return subprocess.Popen([sys.executable, "-c", WORKLOAD, str(threads), profile, str(repeats)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def result(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"workload failed ({proc.returncode}):\n{err[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run(threads: int, profile: str, repeats: int) -> dict:
+    return result(start(threads, profile, repeats))
+
+
+def total(r: dict) -> float:
+    return r["sft"] + r["rollout"]
 
 
 def main():
@@ -87,12 +105,17 @@ def main():
         finally:
             if busy:
                 busy.kill()
+    pair = [result(p) for p in [start(1, args.profile, args.repeats) for _ in range(2)]]
+    for i, r in enumerate(pair):
+        print(f"pair  worker {i}, 1 thread: SFT {r['sft']:.2f} s, rollouts {r['rollout']:.2f} s, total {total(r):.2f} s")
     for condition in ("idle", "busy"):
         one, two = results[condition, 1], results[condition, 2]
         ratio = {k: two[k] / one[k] for k in one}
-        total = (two["sft"] + two["rollout"]) / (one["sft"] + one["rollout"])
         print(f"{condition}: 2 threads / 1 thread = SFT {ratio['sft']:.2f}, rollouts {ratio['rollout']:.2f}, "
-              f"total {total:.2f}")
+              f"total {total(two) / total(one):.2f}")
+    per_workload = sum(total(r) for r in pair) / len(pair) / 2
+    print(f"pair: two one-thread workers, time per workload / one two-thread process = "
+          f"{per_workload / total(results['idle', 2]):.2f}")
 
 
 if __name__ == "__main__":
