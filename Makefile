@@ -80,11 +80,12 @@ rl-recovery: install
 		--out runs/rl $(ARGS)
 
 # The RL study: per seed an SFT start and three GRPO arms, evaluated on 120 fresh cases per organ; resumable,
-# about 25 min per seed on 2 free cores, or two seeds side by side in worker processes of one thread each
-# (JOBS=2; nohup make rl-study &). Seven seeds decided every liver + breast claim; the single-organ Gap and
-# ECE rows needed about 13 (docs/rl.md). Each finished seed is kept in runs/rl_study/seeds/; a copy of
+# about 25 min per seed on 2 free cores (nohup make rl-study &). JOBS=N runs N seeds side by side in worker
+# processes; on 2 cores two one-thread workers took 60 min for two seeds, slower than one after the other, so
+# it is for machines with more cores (docs/rl.md). Seven seeds decided every liver + breast claim; the
+# single-organ Gap and ECE rows needed more. Each finished seed is kept in runs/rl_study/seeds/; a copy of
 # docs/rl_study in runs/rl_study continues a committed study. Notebook 06 reads runs/rl_study.
 SEEDS ?= 0,1,2,3,4,5,6,7,8,9,10,11,12
-JOBS ?= 2
+JOBS ?= 1
 rl-study: install
 	$(PY) -m zoomdx_lib.workbook.rl_study --out runs/rl_study --seeds $(SEEDS) --jobs $(JOBS) $(ARGS)
