@@ -1,10 +1,10 @@
 """Independent seeds in worker processes, each with its share of the cores.
 
 A tiny model leaves much of a second torch thread idle, so on a machine with more cores than one seed's
-steps can use, seeds side by side should finish sooner (not measured here). On 2 cores they do not: two one-thread workers took about
-30 min a seed of the RL study, against about 25 min for one seed after another with both threads (docs/rl.md),
-although ``benchmarks/bench_threads.py``'s lighter workload favours the pair. :func:`map_seeds` is how
-``rl_study --jobs N`` runs seeds side by side.
+steps can use, seeds side by side should finish sooner (not measured here). On 2 cores they do not: two
+one-thread workers took about 30 min a seed of the RL study, against about 25 min for one seed after
+another with both threads (docs/rl.md), although ``benchmarks/bench_threads.py``'s lighter workload
+favours the pair. :func:`map_seeds` is how ``rl_study --jobs N`` runs seeds side by side.
 """
 from __future__ import annotations
 
