@@ -1,5 +1,6 @@
 """The RL study's arithmetic: power of a claim, flatness of a curve, the pooled summary from known records."""
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -57,6 +58,12 @@ def test_summarise_pools_claims_and_marks_them_decided(tmp_path):
     assert methods.loc[("zoom_sft", "test_liver"), "align"] == 0.0                  # 4 : 4 never reaches kappa 0.75
     assert methods.loc[("grpo_uncertainty_credit", "test_liver"), ["kappa", "consensus_acc"]].tolist() == [1.0, 1.0]
     assert methods.loc[("zoom_sft", "test_liver"), "kappa"] == 0.5
+    report = (tmp_path / "report.md").read_text()
+    assert "# RL study: 1 seed\n" in report and "claims decided: 20 of 20" in report
+    # the liver + breast Align row as claims.csv has it; one seed gives no interval over seeds
+    assert re.search(r"\| uncertainty RL beats SFT on Align +\| \+1\.000 \[\+1\.000, \+1\.000\] +\| 1 / 1 +\| supported +\|"
+                     r" 0\.000 \(0\.05\) +\| – +\|", report)
+    assert "| zoom SFT " in report and "Does the answer use the crop?" in report
     loaded = rl_study.load_study(tmp_path)
     assert len(loaded["claims"]) == len(claims) and len(loaded["methods"]) == 12 and set(loaded["curves"]) == {f"seed0/{a}" for a in rl_study.ARMS}
 

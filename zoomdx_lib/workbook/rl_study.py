@@ -41,6 +41,7 @@ from ..eval.scores import calibration_from_table, calibration_table, greedy_metr
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, progress as progress_bar
 from ..train.loop import read_log
 from .rl_controls import grpo_from_start, sft_start
+from .rl_study_report import study_report
 from .seed_pool import map_seeds
 from .viz_rl import curve_points
 
@@ -164,7 +165,8 @@ def add_seconds(path, seconds: float) -> float:
 
 def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
     """Pool the finished seeds: claims with power, crop use and curves' flatness, written to `out_dir`
-    (claims.md / claims.csv, crop_use.csv, summary.json). Returns the summary dict."""
+    (claims.md / claims.csv, crop_use.csv, methods.csv / .md, summary.json, and the results page report.md).
+    Returns the summary dict."""
     out_dir = Path(out_dir)
     runs = {f"seed{s}": (r["results"], r["eval_seed"]) for s, r in seeds.items()}
     datasets = [f"test_{o}" for o in ORGANS]
@@ -191,6 +193,7 @@ def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write_json(out_dir / "curves.json", {f"seed{s}/{a}": curve_points(log)
                                                for s, r in seeds.items() for a, log in r["curves"].items()})
+    atomic_write_text(out_dir / "report.md", study_report(load_study(out_dir)))
     return summary
 
 
@@ -245,7 +248,7 @@ def train_seed(seed: int, out_dir, overrides: dict, n_eval: int, n_crop: int, pr
 
 
 STUDY_FILES = ("study.json", "summary.json", "claims.md", "claims.csv", "crop_use.csv", "curves.json", "methods.csv",
-               "methods.md")
+               "methods.md", "report.md")
 
 
 def publish_study(out_dir, dest) -> list[Path]:
