@@ -79,13 +79,13 @@ rl-recovery: install
 	$(PY) -m zoomdx_lib.workbook.rl_controls --control accuracy --degrade answer=0.6 --steps 60 --n-eval 100 \
 		--out runs/rl $(ARGS)
 
-# The RL study: per seed an SFT start and three GRPO arms, evaluated on 120 fresh cases per organ; resumable,
-# about 25 min per seed on 2 free cores (nohup make rl-study &). JOBS=N runs N seeds side by side in worker
-# processes; on 2 cores two one-thread workers took 60 min for two seeds, slower than one after the other, so
-# it is for machines with more cores (docs/rl.md). Seven seeds decided every liver + breast claim; the
-# single-organ Gap and ECE rows needed more. Each finished seed is kept in runs/rl_study/seeds/; a copy of
-# docs/rl_study in runs/rl_study continues a committed study. Notebook 06 reads runs/rl_study.
-SEEDS ?= 0,1,2,3,4,5,6,7,8,9,10,11,12
-JOBS ?= 1
+# The RL study: per seed an SFT start and three GRPO arms, evaluated on 120 fresh cases per organ; resumable
+# (nohup make rl-study &). JOBS=2 runs two seeds side by side in worker processes of one thread each: on 2
+# cores they took 3 588 and 3 684 s for two seeds, where one seed alone with both threads took 2 415 s on the
+# same machine (0.76x the time per seed; docs/rl.md); JOBS=1 runs the seeds one after the other. Each finished
+# seed is kept in runs/rl_study/seeds/; a copy of docs/rl_study in runs/rl_study continues a committed study.
+# Notebook 06 reads runs/rl_study.
+SEEDS ?= 0,1,2,3,4,5,6,7,8,9
+JOBS ?= 2
 rl-study: install
 	$(PY) -m zoomdx_lib.workbook.rl_study --out runs/rl_study --seeds $(SEEDS) --jobs $(JOBS) $(ARGS)

@@ -1,10 +1,10 @@
 """Independent seeds in worker processes, each with its share of the cores.
 
-A tiny model leaves much of a second torch thread idle, so on a machine with more cores than one seed's
-steps can use, seeds side by side should finish sooner (not measured here). On 2 cores they do not: two
-one-thread workers took about 30 min a seed of the RL study, against about 25 min for one seed after
-another with both threads (docs/rl.md), although ``benchmarks/bench_threads.py``'s lighter workload
-favours the pair. :func:`map_seeds` is how ``rl_study --jobs N`` runs seeds side by side.
+A tiny model leaves much of a second torch thread idle (rollouts gain nothing from it), so two seeds side
+by side in one-thread workers get more done per hour than one seed after another with both threads. In the
+RL study on 2 cores: two seeds in 3 588 and 3 684 s side by side, one seed alone in 2 415 s on the same
+machine, so 0.76x the time per seed (docs/rl.md). :func:`map_seeds` is how ``rl_study --jobs N`` runs seeds
+side by side.
 """
 from __future__ import annotations
 
