@@ -193,7 +193,10 @@ def summarise(seeds: dict, out_dir, n_boot: int = 1000) -> dict:
     atomic_write_json(out_dir / "summary.json", summary)
     atomic_write_json(out_dir / "curves.json", {f"seed{s}/{a}": curve_points(log)
                                                for s, r in seeds.items() for a, log in r["curves"].items()})
-    atomic_write_text(out_dir / "report.md", study_report(load_study(out_dir)))
+    # the page from the frames in hand, not from the files just written (curves.json is the largest of them)
+    setup = json.loads((out_dir / "study.json").read_text()) if (out_dir / "study.json").exists() else {}
+    atomic_write_text(out_dir / "report.md", study_report(dict(study=setup, summary=summary, claims=claims[cols],
+                                                               crop_use=crop, methods=methods)))
     return summary
 
 
